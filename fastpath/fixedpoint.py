@@ -9,11 +9,16 @@ Cython kernel reimplements :func:`notional_micros` and the saturating helpers wi
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
 from fastpath.codes import INT64_MAX, INT64_MIN, NOTIONAL_SCALE, PRICE_SCALE
 
 _NANOS_PER_NOTIONAL_MICRO_SQUARED = PRICE_SCALE * PRICE_SCALE // NOTIONAL_SCALE  # 1e12
+
+# Scaling must be exact whatever the ambient decimal context: 60 digits hold any int64
+# times any of our scales, and an inexact step raises instead of rounding silently.
+_EXACT = Context(prec=60, traps=[Inexact, Overflow, InvalidOperation])
+_MAX_MAGNITUDE_DIGITS = 19  # no int64 count has a larger decimal exponent
 
 
 class FixedPointError(ValueError):
@@ -34,8 +39,13 @@ def to_fixed(value: Decimal | str | int, scale: int) -> int:
         raise FixedPointError(f"{value!r} is not a number") from None
     if not dec.is_finite():
         raise FixedPointError(f"{value!r} is not finite")
-    scaled = dec * scale
-    if scaled != scaled.to_integral_value():
+    if dec and dec.adjusted() > _MAX_MAGNITUDE_DIGITS:
+        raise FixedPointError(f"{value} is out of range at scale 1/{scale}")
+    try:
+        scaled = _EXACT.multiply(dec, scale)
+    except (Inexact, Overflow, InvalidOperation):
+        raise FixedPointError(f"{value} has more precision than 1/{scale}") from None
+    if scaled != _EXACT.to_integral_value(scaled):
         raise FixedPointError(f"{value} has more precision than 1/{scale}")
     result = int(scaled)
     if not INT64_MIN <= result <= INT64_MAX:
@@ -69,8 +79,9 @@ def notional_micros(qty_nanos: int, price_nanos: int, multiplier_nanos: int) -> 
     ``ceil(ceil(qty * price / 1e9) * multiplier / 1e12)``. The result is exact whenever the
     true notional has at most six decimals (true for every instrument whose tick x lot x
     multiplier does); otherwise it rounds up, the conservative direction for a limit.
-    Arguments must be >= 0; results that do not fit int64 saturate to INT64_MAX, which no
-    finite limit admits.
+    Arguments must be >= 0 (and the multiplier > 0). A result that does not fit int64
+    saturates to INT64_MAX, which no finite limit admits; so does an order whose
+    quantity x price alone exceeds ~9.2e9 currency units, whatever its multiplier.
     """
     contract_value = ceil_div(qty_nanos * price_nanos, PRICE_SCALE)  # scale 1e-9
     if contract_value > INT64_MAX:

@@ -1,0 +1,318 @@
+# cython: language_level=3
+"""Table of contents of the compiled kernel: its C vocabulary, state layout and classes.
+
+Read this file first. ``kernel.pyx`` implements what is declared here; ``kernel.pyi`` is the
+Python-visible surface. The enums mirror ``fastpath/codes.py`` number for number (the
+module exposes them as ``CHECK_CODES``, ``SIDE_CODES``, ... so a test can prove it); C enum
+members share one namespace, hence the prefixes.
+"""
+
+from cpython.pythread cimport PyThread_type_lock
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+# ---------------------------------------------------------------------------------------
+# Exact wide arithmetic. Cython has no 128-bit type, so it is told this is a long long;
+# it is never converted to a Python object directly (see ``_int128_to_py``), and every
+# product that needs it casts an operand first: ``<pt_i128>a * b``.
+# ---------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    typedef __int128 pt_i128;
+    """
+    ctypedef long long pt_i128
+
+# ---------------------------------------------------------------------------------------
+# Enums of fastpath/codes.py (identical numeric values).
+# ---------------------------------------------------------------------------------------
+cdef enum Check:
+    CHECK_INVALID_SIDE = 0
+    CHECK_INVALID_ORDER_TYPE = 1
+    CHECK_INVALID_QUANTITY = 2
+    CHECK_INVALID_PRICE = 3
+    CHECK_UNKNOWN_ACCOUNT = 4
+    CHECK_UNKNOWN_SYMBOL = 5
+    CHECK_UNKNOWN_STRATEGY = 6
+    CHECK_PRICE_OFF_TICK = 7
+    CHECK_QUANTITY_OFF_LOT = 8
+    CHECK_REFERENCE_PRICE_MISSING = 9
+    CHECK_REFERENCE_PRICE_STALE = 10
+    CHECK_MISSING_LIMIT = 11
+    CHECK_TRADING_HALTED = 12
+    CHECK_REDUCE_ONLY_VIOLATION = 13
+    CHECK_SYMBOL_RESTRICTED = 14
+    CHECK_MAX_ORDER_QTY_EXCEEDED = 15
+    CHECK_MAX_ORDER_NOTIONAL_EXCEEDED = 16
+    CHECK_PRICE_COLLAR_BREACHED = 17
+    CHECK_CREDIT_LIMIT_EXCEEDED = 18
+    CHECK_LONG_POSITION_LIMIT_EXCEEDED = 19
+    CHECK_SHORT_POSITION_LIMIT_EXCEEDED = 20
+    CHECK_ACCOUNT_ORDER_RATE_EXCEEDED = 21
+    CHECK_STRATEGY_ORDER_RATE_EXCEEDED = 22
+    CHECK_DUPLICATE_CLIENT_ORDER_ID = 23
+    CHECK_DUPLICATE_ORDER_CONTENT = 24
+    CHECK_MAX_WORKING_ORDERS_EXCEEDED = 25
+    CHECK_SELF_MATCH_PREVENTED = 26
+    CHECK_STATE_CAPACITY_EXHAUSTED = 27
+    CHECK_INTERNAL_ERROR = 28
+
+cdef enum:
+    N_CHECKS = 29
+    N_LIMIT_KINDS = 6
+    #: Accepted orders whose content each account x symbol remembers (a power of two:
+    #: the ring index wraps with a mask).
+    CONTENT_MEMORY_PER_POSITION = 4
+
+cdef enum Side:
+    SIDE_UNSPECIFIED = 0
+    SIDE_BUY = 1
+    SIDE_SELL = 2
+    SIDE_SELL_SHORT = 3
+
+cdef enum OrderType:
+    ORDER_TYPE_UNSPECIFIED = 0
+    ORDER_TYPE_LIMIT = 1
+    ORDER_TYPE_MARKET = 2
+
+cdef enum TradingState:
+    TRADING_STATE_ACTIVE = 0
+    TRADING_STATE_REDUCING = 1
+    TRADING_STATE_HALTED = 2
+
+cdef enum Scope:
+    SCOPE_FIRM = 0
+    SCOPE_ACCOUNT = 1
+    SCOPE_STRATEGY = 2
+    SCOPE_SYMBOL = 3
+
+cdef enum ExecStatus:
+    EXEC_OK = 0
+    EXEC_UNKNOWN_ORDER = 1
+    EXEC_OVERFILL = 2
+    EXEC_INVALID_QUANTITY = 3
+    EXEC_INVALID_PRICE = 4
+
+cdef enum LimitKind:
+    LIMIT_KIND_MAX_ORDER_QTY = 0
+    LIMIT_KIND_MAX_ORDER_NOTIONAL = 1
+    LIMIT_KIND_MAX_LONG_POSITION = 2
+    LIMIT_KIND_MAX_SHORT_POSITION = 3
+    LIMIT_KIND_PRICE_COLLAR_PPM = 4
+    LIMIT_KIND_PRICE_COLLAR_TICKS = 5
+
+cdef enum MissingLimit:
+    MISSING_MAX_ORDER_QTY = 1 << 0
+    MISSING_MAX_ORDER_NOTIONAL = 1 << 1
+    MISSING_MAX_LONG_POSITION = 1 << 2
+    MISSING_MAX_SHORT_POSITION = 1 << 3
+    MISSING_PRICE_COLLAR = 1 << 4
+    MISSING_CREDIT_LIMIT = 1 << 5
+    MISSING_MAX_WORKING_ORDERS = 1 << 6
+    MISSING_ACCOUNT_ORDER_RATE = 1 << 7
+    MISSING_STRATEGY_ORDER_RATE = 1 << 8
+
+# ---------------------------------------------------------------------------------------
+# State layout. Each array of records is a numpy uint8 block owned by the kernel and read
+# through a typed pointer; records of one id sit together so an order touches few lines.
+# ---------------------------------------------------------------------------------------
+cdef struct AccountState:
+    int64_t working_notional  # micros reserved by working orders (never exceeds the credit limit)
+    int64_t filled_notional  # micros filled in this credit period (saturating)
+    int64_t working_count
+    int64_t rate_tokens  # token-nanoseconds; -1 = never charged (full)
+    int64_t rate_last_ns
+    uint8_t trading_state
+
+cdef struct StrategyState:
+    int64_t rate_tokens
+    int64_t rate_last_ns
+    uint8_t trading_state
+
+cdef struct SymbolState:
+    int64_t reference_price  # nanos; <= 0 = none
+    int64_t reference_ts_ns
+    uint8_t trading_state
+
+cdef struct RecentOrder:
+    int64_t qty
+    int64_t price  # 0 for a market order
+    int64_t accepted_ns
+    int8_t side
+    int8_t order_type
+
+cdef struct PositionState:
+    int64_t position  # signed qty nanos from fills (saturating)
+    # Working quantities fit uint64: an accept needs position + working_buy + qty <= a limit
+    # <= INT64_MAX with position >= INT64_MIN (and symmetrically for sells).
+    uint64_t working_buy
+    uint64_t working_sell
+    int32_t first_order  # head of this pair's doubly-linked list of working slots, -1 empty
+    int32_t recent_count  # entries of ``recent`` in use (<= CONTENT_MEMORY_PER_POSITION)
+    int32_t recent_next  # ring index the next accepted order is written to
+    RecentOrder recent[CONTENT_MEMORY_PER_POSITION]
+
+cdef struct PositionSlot:  # open-addressing table: pair key -> dense position index
+    int64_t key  # account_id << 32 | symbol_id; -1 = empty
+    int64_t index
+
+cdef struct OrderSlot:
+    int64_t remaining  # qty nanos still working
+    int64_t reserve_price  # limit price, or the reference price of a market order
+    int64_t cross_price  # limit price, or INT64_MAX (buy) / 0 (sell) for a market order
+    int64_t multiplier  # the symbol's multiplier at accept time
+    int64_t reserved  # notional micros still reserved against credit
+    int32_t account
+    int32_t position_index
+    int32_t prev  # neighbours in the pair's working-order list, -1 none
+    int32_t next
+    uint32_t generation  # bumped when the slot is freed; stale handles stop matching
+    int8_t side
+    uint8_t live
+
+cdef struct RememberedKey:  # open-addressing set of client order keys
+    int64_t key
+    int64_t used  # 0 = empty slot
+
+cdef struct OrderTicket:  # one order as the core reads it
+    int64_t account_id
+    int64_t symbol_id
+    int64_t strategy_id
+    int64_t side
+    int64_t order_type
+    int64_t qty
+    int64_t price
+    int64_t client_order_key
+    int64_t now_ns
+
+cdef struct Verdict:  # where the core writes a decision's failures
+    uint64_t failed
+    int64_t* limits  # N_CHECKS entries, written only at failed codes
+    int64_t* observed
+    int32_t* paths
+
+
+cdef class RuleView:
+    """Typed, validated views of one ``RuleTables``; immutable once built."""
+
+    cdef readonly object rules  # the CompiledRules the views read
+    cdef readonly Py_ssize_t n_accounts
+    cdef readonly Py_ssize_t n_symbols
+    cdef readonly Py_ssize_t n_strategies
+    cdef readonly Py_ssize_t n_overrides
+
+    cdef const uint8_t[::1] account_active
+    cdef const int64_t[:, ::1] account_limits
+    cdef const int32_t[:, ::1] account_limit_paths
+    cdef const int64_t[::1] account_credit_limit
+    cdef const int32_t[::1] account_credit_path
+    cdef const int64_t[::1] account_max_working
+    cdef const int32_t[::1] account_max_working_path
+    cdef const int64_t[::1] account_rate_orders
+    cdef const int64_t[::1] account_rate_window_ns
+    cdef const int32_t[::1] account_rate_path
+    cdef const uint8_t[::1] account_self_match
+    cdef const int64_t[::1] account_dup_window_ns
+
+    cdef const uint8_t[::1] symbol_active
+    cdef const int64_t[::1] symbol_tick
+    cdef const int32_t[::1] symbol_tick_path
+    cdef const int64_t[::1] symbol_lot
+    cdef const int32_t[::1] symbol_lot_path
+    cdef const int64_t[::1] symbol_multiplier
+    cdef const int64_t[::1] symbol_max_ref_age_ns
+    cdef const int32_t[::1] symbol_max_ref_age_path
+    cdef const int64_t[:, ::1] symbol_limits
+    cdef const int32_t[:, ::1] symbol_limit_paths
+    cdef const uint8_t[::1] symbol_restricted_sides
+    cdef const int32_t[::1] symbol_restricted_path
+
+    cdef const uint8_t[::1] strategy_active
+    cdef const int64_t[::1] strategy_rate_orders
+    cdef const int64_t[::1] strategy_rate_window_ns
+    cdef const int32_t[::1] strategy_rate_path
+
+    cdef const int64_t[::1] override_keys
+    cdef const int64_t[:, ::1] override_limits
+    cdef const int32_t[:, ::1] override_limit_paths
+    cdef const uint8_t[::1] override_restricted_sides
+    cdef const int32_t[::1] override_restricted_path
+
+    cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil
+
+
+cdef class CheckResult:
+    """Decision of one order: failure mask, handle and the details of failed checks."""
+
+    cdef readonly bint accepted
+    cdef readonly uint64_t failed
+    cdef readonly int64_t handle
+    cdef int64_t limits[N_CHECKS]
+    cdef int64_t observed[N_CHECKS]
+    cdef int32_t paths[N_CHECKS]
+
+
+cdef class Kernel:
+    cdef readonly RuleView view
+    cdef readonly Py_ssize_t max_orders
+    cdef readonly Py_ssize_t max_positions
+    cdef readonly Py_ssize_t client_order_id_memory
+
+    # Serialises state access between a GIL-free check_batch and everything else.
+    cdef PyThread_type_lock state_lock
+
+    # Per scope id. ``*_blocks`` own the memory, the pointers read it, capacities bound it.
+    cdef object account_block
+    cdef AccountState* accounts
+    cdef Py_ssize_t account_capacity
+    cdef object strategy_block
+    cdef StrategyState* strategies
+    cdef Py_ssize_t strategy_capacity
+    cdef object symbol_block
+    cdef SymbolState* symbols
+    cdef Py_ssize_t symbol_capacity
+    cdef uint8_t firm_state
+    # Trading states set for ids no interner hands out (negative or >= 2**31), so that
+    # trading_state() reads back what was set; no order can carry such an id.
+    cdef dict unindexed_states
+
+    # account x symbol pairs
+    cdef object position_block
+    cdef PositionState* positions
+    cdef Py_ssize_t n_positions
+    cdef object position_table_block
+    cdef PositionSlot* position_table
+    cdef uint64_t position_table_mask
+
+    # working orders
+    cdef object order_block
+    cdef OrderSlot* orders
+    cdef object free_stack_block
+    cdef int32_t* free_stack
+    cdef Py_ssize_t free_top  # free_stack[free_top - 1] is the next slot handed out
+    cdef Py_ssize_t live_count
+
+    # client order ids of the last ``client_order_id_memory`` accepted orders
+    cdef object remembered_ring_block
+    cdef int64_t* remembered_ring
+    cdef Py_ssize_t remembered_oldest  # ring index of the oldest key
+    cdef Py_ssize_t remembered_count
+    cdef object remembered_set_block
+    cdef RememberedKey* remembered_set
+    cdef uint64_t remembered_set_mask
+
+    cdef uint64_t decide(self, RuleView view, const OrderTicket* order, Verdict* verdict,
+                         int64_t* handle) noexcept nogil
+    cdef int64_t accept(self, RuleView view, const OrderTicket* order, Py_ssize_t position_index,
+                        int64_t notional, int64_t effective_price, pt_i128 account_level,
+                        pt_i128 strategy_level) noexcept nogil
+    cdef OrderSlot* working_slot(self, int64_t handle) noexcept nogil
+    cdef void end_order(self, int32_t slot) noexcept nogil
+    cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil
+    cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil
+    cdef bint remembers(self, int64_t client_order_key) noexcept nogil
+    cdef void remember(self, int64_t client_order_key) noexcept nogil
+    cdef void forget(self, int64_t client_order_key) noexcept nogil
+    cdef void lock_state(self)
+    cdef void unlock_state(self) noexcept nogil
+    cdef void grow_accounts(self, Py_ssize_t needed)
+    cdef void grow_strategies(self, Py_ssize_t needed)
+    cdef void grow_symbols(self, Py_ssize_t needed)

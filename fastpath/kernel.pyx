@@ -1,0 +1,1455 @@
+# cython: language_level=3
+"""The compiled pre-trade kernel: ``fastpath.reference.ReferenceKernel``, made fast.
+
+Same constructor, same methods, same results for the same call sequence: the parity suite
+drives both and compares every decision, detail and state reader. What differs is how:
+
+* rules are read from the flattened ``RuleTables`` through a :class:`RuleView` (typed
+  memoryviews, validated once per install) instead of resolving the model on every call;
+* state lives in numpy blocks owned by the kernel, read through typed pointers: per-id
+  records for accounts, strategies and symbols, an open-addressing table from
+  ``account_id << 32 | symbol_id`` to dense position records, fixed order slots with a LIFO
+  free stack, and a ring plus open-addressing set for client order ids;
+* all arithmetic is integer and exact, with ``__int128`` intermediates; every value
+  reported in a detail saturates to int64 exactly as ``fixedpoint.saturate`` does;
+* the per-order core (:meth:`Kernel.decide`) touches no Python object and runs without the
+  GIL; :meth:`Kernel.check_batch` runs a whole batch in it with the GIL released.
+"""
+
+cimport cython
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+)
+from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+import numpy as np
+
+from fastpath.reference import DEFAULT_CLIENT_ORDER_ID_MEMORY, DEFAULT_MAX_ORDERS, DEFAULT_MAX_POSITIONS
+
+# ---------------------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------------------
+cdef enum:
+    NO_PATH = -1
+    HANDLE_SLOT_BITS = 32
+
+cdef int64_t LIMIT_UNSET = -1
+cdef int64_t LIMIT_UNLIMITED = INT64_MAX
+cdef int64_t PPM_SCALE = 1000000
+cdef int64_t PRICE_SCALE = 1000000000
+cdef int64_t NANOS_PER_NOTIONAL_MICRO_SQUARED = 1000000000000  # PRICE_SCALE ** 2 // NOTIONAL_SCALE
+cdef uint64_t HANDLE_SLOT_MASK = 0xFFFFFFFF
+cdef uint32_t GENERATION_MASK = 0x7FFFFFFF  # handles stay positive int64
+cdef int64_t MAX_INDEXED_ID = 0x7FFFFFFF  # ids are int32 in batches and in pair keys
+cdef uint64_t STAGE_A_MASK = (
+    (1 << CHECK_INVALID_SIDE) | (1 << CHECK_INVALID_ORDER_TYPE) | (1 << CHECK_INVALID_QUANTITY)
+    | (1 << CHECK_INVALID_PRICE) | (1 << CHECK_UNKNOWN_ACCOUNT) | (1 << CHECK_UNKNOWN_SYMBOL)
+    | (1 << CHECK_UNKNOWN_STRATEGY)
+)
+
+#: The C enums of kernel.pxd by codes.py name; tests compare them with fastpath.codes.
+CHECK_CODES = {
+    "INVALID_SIDE": CHECK_INVALID_SIDE,
+    "INVALID_ORDER_TYPE": CHECK_INVALID_ORDER_TYPE,
+    "INVALID_QUANTITY": CHECK_INVALID_QUANTITY,
+    "INVALID_PRICE": CHECK_INVALID_PRICE,
+    "UNKNOWN_ACCOUNT": CHECK_UNKNOWN_ACCOUNT,
+    "UNKNOWN_SYMBOL": CHECK_UNKNOWN_SYMBOL,
+    "UNKNOWN_STRATEGY": CHECK_UNKNOWN_STRATEGY,
+    "PRICE_OFF_TICK": CHECK_PRICE_OFF_TICK,
+    "QUANTITY_OFF_LOT": CHECK_QUANTITY_OFF_LOT,
+    "REFERENCE_PRICE_MISSING": CHECK_REFERENCE_PRICE_MISSING,
+    "REFERENCE_PRICE_STALE": CHECK_REFERENCE_PRICE_STALE,
+    "MISSING_LIMIT": CHECK_MISSING_LIMIT,
+    "TRADING_HALTED": CHECK_TRADING_HALTED,
+    "REDUCE_ONLY_VIOLATION": CHECK_REDUCE_ONLY_VIOLATION,
+    "SYMBOL_RESTRICTED": CHECK_SYMBOL_RESTRICTED,
+    "MAX_ORDER_QTY_EXCEEDED": CHECK_MAX_ORDER_QTY_EXCEEDED,
+    "MAX_ORDER_NOTIONAL_EXCEEDED": CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
+    "PRICE_COLLAR_BREACHED": CHECK_PRICE_COLLAR_BREACHED,
+    "CREDIT_LIMIT_EXCEEDED": CHECK_CREDIT_LIMIT_EXCEEDED,
+    "LONG_POSITION_LIMIT_EXCEEDED": CHECK_LONG_POSITION_LIMIT_EXCEEDED,
+    "SHORT_POSITION_LIMIT_EXCEEDED": CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
+    "ACCOUNT_ORDER_RATE_EXCEEDED": CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
+    "STRATEGY_ORDER_RATE_EXCEEDED": CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
+    "DUPLICATE_CLIENT_ORDER_ID": CHECK_DUPLICATE_CLIENT_ORDER_ID,
+    "DUPLICATE_ORDER_CONTENT": CHECK_DUPLICATE_ORDER_CONTENT,
+    "MAX_WORKING_ORDERS_EXCEEDED": CHECK_MAX_WORKING_ORDERS_EXCEEDED,
+    "SELF_MATCH_PREVENTED": CHECK_SELF_MATCH_PREVENTED,
+    "STATE_CAPACITY_EXHAUSTED": CHECK_STATE_CAPACITY_EXHAUSTED,
+    "INTERNAL_ERROR": CHECK_INTERNAL_ERROR,
+}
+SIDE_CODES = {
+    "UNSPECIFIED": SIDE_UNSPECIFIED,
+    "BUY": SIDE_BUY,
+    "SELL": SIDE_SELL,
+    "SELL_SHORT": SIDE_SELL_SHORT,
+}
+ORDER_TYPE_CODES = {
+    "UNSPECIFIED": ORDER_TYPE_UNSPECIFIED,
+    "LIMIT": ORDER_TYPE_LIMIT,
+    "MARKET": ORDER_TYPE_MARKET,
+}
+TRADING_STATE_CODES = {
+    "ACTIVE": TRADING_STATE_ACTIVE,
+    "REDUCING": TRADING_STATE_REDUCING,
+    "HALTED": TRADING_STATE_HALTED,
+}
+SCOPE_CODES = {
+    "FIRM": SCOPE_FIRM,
+    "ACCOUNT": SCOPE_ACCOUNT,
+    "STRATEGY": SCOPE_STRATEGY,
+    "SYMBOL": SCOPE_SYMBOL,
+}
+EXEC_STATUS_CODES = {
+    "OK": EXEC_OK,
+    "UNKNOWN_ORDER": EXEC_UNKNOWN_ORDER,
+    "OVERFILL": EXEC_OVERFILL,
+    "INVALID_QUANTITY": EXEC_INVALID_QUANTITY,
+    "INVALID_PRICE": EXEC_INVALID_PRICE,
+}
+LIMIT_KIND_CODES = {
+    "MAX_ORDER_QTY": LIMIT_KIND_MAX_ORDER_QTY,
+    "MAX_ORDER_NOTIONAL": LIMIT_KIND_MAX_ORDER_NOTIONAL,
+    "MAX_LONG_POSITION": LIMIT_KIND_MAX_LONG_POSITION,
+    "MAX_SHORT_POSITION": LIMIT_KIND_MAX_SHORT_POSITION,
+    "PRICE_COLLAR_PPM": LIMIT_KIND_PRICE_COLLAR_PPM,
+    "PRICE_COLLAR_TICKS": LIMIT_KIND_PRICE_COLLAR_TICKS,
+}
+MISSING_LIMIT_BITS = {
+    "MAX_ORDER_QTY": MISSING_MAX_ORDER_QTY,
+    "MAX_ORDER_NOTIONAL": MISSING_MAX_ORDER_NOTIONAL,
+    "MAX_LONG_POSITION": MISSING_MAX_LONG_POSITION,
+    "MAX_SHORT_POSITION": MISSING_MAX_SHORT_POSITION,
+    "PRICE_COLLAR": MISSING_PRICE_COLLAR,
+    "CREDIT_LIMIT": MISSING_CREDIT_LIMIT,
+    "MAX_WORKING_ORDERS": MISSING_MAX_WORKING_ORDERS,
+    "ACCOUNT_ORDER_RATE": MISSING_ACCOUNT_ORDER_RATE,
+    "STRATEGY_ORDER_RATE": MISSING_STRATEGY_ORDER_RATE,
+}
+#: Scalar constants the kernel is compiled with, by fastpath.codes / reference name.
+CONSTANTS = {
+    "N_CHECKS": N_CHECKS,
+    "N_LIMIT_KINDS": N_LIMIT_KINDS,
+    "LIMIT_UNSET": LIMIT_UNSET,
+    "LIMIT_UNLIMITED": LIMIT_UNLIMITED,
+    "PPM_SCALE": PPM_SCALE,
+    "PRICE_SCALE": PRICE_SCALE,
+    "STAGE_A_MASK": STAGE_A_MASK,
+    "CONTENT_MEMORY_PER_POSITION": CONTENT_MEMORY_PER_POSITION,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Exact integer arithmetic (the definitions are in fastpath/fixedpoint.py and reference.py)
+# ---------------------------------------------------------------------------------------
+cdef inline int64_t saturate(pt_i128 value) noexcept nogil:
+    if value > INT64_MAX:
+        return INT64_MAX
+    if value < INT64_MIN:
+        return INT64_MIN
+    return <int64_t>value
+
+
+cdef inline pt_i128 ceil_div(pt_i128 numerator, int64_t denominator) noexcept nogil:
+    """Python's ``-(-n // d)`` for ``d > 0``: C truncates toward zero, which already is the
+    ceiling for a negative numerator."""
+    cdef pt_i128 quotient = numerator / denominator
+    if numerator > 0 and quotient * denominator != numerator:
+        quotient += 1
+    return quotient
+
+
+cdef inline pt_i128 floor_div(pt_i128 numerator, int64_t denominator) noexcept nogil:
+    """Python's ``n // d`` for ``d > 0``."""
+    cdef pt_i128 quotient = numerator / denominator
+    if numerator < 0 and quotient * denominator != numerator:
+        quotient -= 1
+    return quotient
+
+
+cdef inline int64_t notional_micros(int64_t qty, int64_t price, int64_t multiplier) noexcept nogil:
+    """``fixedpoint.notional_micros``: ``ceil(ceil(qty * price / 1e9) * multiplier / 1e12)``."""
+    cdef pt_i128 contract_value = ceil_div(<pt_i128>qty * price, PRICE_SCALE)
+    if contract_value > INT64_MAX:
+        return INT64_MAX
+    return saturate(ceil_div(contract_value * multiplier, NANOS_PER_NOTIONAL_MICRO_SQUARED))
+
+
+cdef inline pt_i128 refill(int64_t tokens, int64_t last_ns, int64_t now_ns, int64_t orders,
+                           int64_t window_ns) noexcept nogil:
+    """``reference._refill``: the bucket level at ``now_ns`` in token-nanoseconds."""
+    cdef pt_i128 capacity = <pt_i128>orders * window_ns
+    cdef pt_i128 elapsed
+    cdef pt_i128 level
+    if tokens < 0:
+        return capacity
+    elapsed = <pt_i128>now_ns - last_ns
+    if elapsed <= 0:
+        return tokens if tokens < capacity else capacity
+    if elapsed >= window_ns:
+        return capacity
+    level = tokens + elapsed * orders
+    return level if level < capacity else capacity
+
+
+cdef inline bint rate_applies(int64_t orders) noexcept nogil:
+    return orders != LIMIT_UNSET and orders != LIMIT_UNLIMITED
+
+
+cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
+    """splitmix64's finalizer: spreads sequential pair keys and client keys over a table."""
+    value = (value ^ (value >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    value = (value ^ (value >> 27)) * <uint64_t>0x94D049BB133111EB
+    return value ^ (value >> 31)
+
+
+cdef inline void fail(Verdict* verdict, int code, pt_i128 limit, pt_i128 observed,
+                      int32_t path) noexcept nogil:
+    verdict.failed |= (<uint64_t>1) << code
+    verdict.limits[code] = saturate(limit)
+    verdict.observed[code] = saturate(observed)
+    verdict.paths[code] = path
+
+
+cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price) noexcept nogil:
+    """``reference.cross_price``: a limit order's price, or a market order's most aggressive."""
+    if order_type == ORDER_TYPE_LIMIT:
+        return price
+    return INT64_MAX if side == SIDE_BUY else 0
+
+
+# ---------------------------------------------------------------------------------------
+# Memory blocks
+# ---------------------------------------------------------------------------------------
+cdef object zeroed_block(Py_ssize_t count, size_t record_size):
+    """A zeroed numpy byte block for ``count`` records (at least one, so it has an address)."""
+    return np.zeros((count if count > 0 else 1) * record_size, dtype=np.uint8)
+
+
+cdef void* block_address(object block) except NULL:
+    cdef uint8_t[::1] raw = block
+    return <void*>&raw[0]
+
+
+cdef Py_ssize_t power_of_two_at_least(Py_ssize_t wanted):
+    cdef Py_ssize_t size = 2
+    while size < wanted:
+        size <<= 1
+    return size
+
+
+cdef Py_ssize_t grown_capacity(Py_ssize_t capacity, Py_ssize_t needed):
+    """Double at least, so interning names one by one does not copy the block each time."""
+    return needed if needed > 2 * capacity else 2 * capacity
+
+
+# ---------------------------------------------------------------------------------------
+# Rule tables
+# ---------------------------------------------------------------------------------------
+_ACCOUNT_ARRAYS = (
+    "account_active", "account_limits", "account_limit_paths", "account_credit_limit",
+    "account_credit_path", "account_max_working", "account_max_working_path",
+    "account_rate_orders", "account_rate_window_ns", "account_rate_path", "account_self_match",
+    "account_dup_window_ns",
+)
+_SYMBOL_ARRAYS = (
+    "symbol_active", "symbol_tick", "symbol_tick_path", "symbol_lot", "symbol_lot_path",
+    "symbol_multiplier", "symbol_max_ref_age_ns", "symbol_max_ref_age_path", "symbol_limits",
+    "symbol_limit_paths", "symbol_restricted_sides", "symbol_restricted_path",
+)
+_STRATEGY_ARRAYS = (
+    "strategy_active", "strategy_rate_orders", "strategy_rate_window_ns", "strategy_rate_path",
+)
+_OVERRIDE_ARRAYS = (
+    "override_keys", "override_limits", "override_limit_paths", "override_restricted_sides",
+    "override_restricted_path",
+)
+_PER_KIND_ARRAYS = frozenset({
+    "account_limits", "account_limit_paths", "symbol_limits", "symbol_limit_paths",
+    "override_limits", "override_limit_paths",
+})
+
+
+cdef class RuleView:
+    """Typed views of every ``RuleTables`` array, built once per install.
+
+    The kernel indexes these without bounds checks, so construction checks what its
+    safety rests on: one row per id in every array of a scope, ``N_LIMIT_KINDS`` columns
+    in the limit tables, strictly increasing override keys (binary search), and non-zero
+    divisors (tick, lot, a configured rate's order count) for every declared id. The
+    rules compiler guarantees all of it; a violation here raises ``ValueError`` at install
+    instead of corrupting memory or dividing by zero on the order path. Dtypes and
+    C-contiguity are checked by the typed memoryviews themselves.
+    """
+
+    def __init__(self, rules):
+        tables = rules.tables
+        self.rules = rules
+        for names in (_ACCOUNT_ARRAYS, _SYMBOL_ARRAYS, _STRATEGY_ARRAYS, _OVERRIDE_ARRAYS):
+            rows = np.shape(getattr(tables, names[0]))[0]
+            for name in names:
+                shape = np.shape(getattr(tables, name))
+                expected = (rows, N_LIMIT_KINDS) if name in _PER_KIND_ARRAYS else (rows,)
+                if shape != expected:
+                    raise ValueError(f"{rules.source}: RuleTables.{name} has shape {shape}, expected {expected}")
+
+        self.account_active = tables.account_active
+        self.account_limits = tables.account_limits
+        self.account_limit_paths = tables.account_limit_paths
+        self.account_credit_limit = tables.account_credit_limit
+        self.account_credit_path = tables.account_credit_path
+        self.account_max_working = tables.account_max_working
+        self.account_max_working_path = tables.account_max_working_path
+        self.account_rate_orders = tables.account_rate_orders
+        self.account_rate_window_ns = tables.account_rate_window_ns
+        self.account_rate_path = tables.account_rate_path
+        self.account_self_match = tables.account_self_match
+        self.account_dup_window_ns = tables.account_dup_window_ns
+
+        self.symbol_active = tables.symbol_active
+        self.symbol_tick = tables.symbol_tick
+        self.symbol_tick_path = tables.symbol_tick_path
+        self.symbol_lot = tables.symbol_lot
+        self.symbol_lot_path = tables.symbol_lot_path
+        self.symbol_multiplier = tables.symbol_multiplier
+        self.symbol_max_ref_age_ns = tables.symbol_max_ref_age_ns
+        self.symbol_max_ref_age_path = tables.symbol_max_ref_age_path
+        self.symbol_limits = tables.symbol_limits
+        self.symbol_limit_paths = tables.symbol_limit_paths
+        self.symbol_restricted_sides = tables.symbol_restricted_sides
+        self.symbol_restricted_path = tables.symbol_restricted_path
+
+        self.strategy_active = tables.strategy_active
+        self.strategy_rate_orders = tables.strategy_rate_orders
+        self.strategy_rate_window_ns = tables.strategy_rate_window_ns
+        self.strategy_rate_path = tables.strategy_rate_path
+
+        self.override_keys = tables.override_keys
+        self.override_limits = tables.override_limits
+        self.override_limit_paths = tables.override_limit_paths
+        self.override_restricted_sides = tables.override_restricted_sides
+        self.override_restricted_path = tables.override_restricted_path
+
+        self.n_accounts = self.account_active.shape[0]
+        self.n_symbols = self.symbol_active.shape[0]
+        self.n_strategies = self.strategy_active.shape[0]
+        self.n_overrides = self.override_keys.shape[0]
+        if self.n_accounts > MAX_INDEXED_ID or self.n_symbols > MAX_INDEXED_ID or self.n_strategies > MAX_INDEXED_ID:
+            raise ValueError(f"{rules.source}: more than 2**31 - 1 ids in one scope")
+        self._check_divisors()
+
+    def _check_divisors(self):
+        cdef Py_ssize_t i
+        source = self.rules.source
+        for i in range(self.n_symbols):
+            if self.symbol_active[i] and (self.symbol_tick[i] < 1 or self.symbol_lot[i] < 1):
+                raise ValueError(f"{source}: symbol id {i} has a tick or lot size < 1 nano")
+        for i in range(self.n_accounts):
+            if self.account_active[i] and rate_applies(self.account_rate_orders[i]) and self.account_rate_orders[i] < 1:
+                raise ValueError(f"{source}: account id {i} has an order rate of < 1 order")
+        for i in range(self.n_strategies):
+            if self.strategy_active[i] and rate_applies(self.strategy_rate_orders[i]) and self.strategy_rate_orders[i] < 1:
+                raise ValueError(f"{source}: strategy id {i} has an order rate of < 1 order")
+        for i in range(1, self.n_overrides):
+            if self.override_keys[i] <= self.override_keys[i - 1]:
+                raise ValueError(f"{source}: RuleTables.override_keys is not strictly increasing")
+
+    cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil:
+        """Row of the account x symbol override with this key, or -1."""
+        cdef Py_ssize_t low = 0
+        cdef Py_ssize_t high = self.n_overrides
+        cdef Py_ssize_t middle
+        cdef int64_t found
+        while low < high:
+            middle = (low + high) >> 1
+            found = self.override_keys[middle]
+            if found < pair_key:
+                low = middle + 1
+            elif found > pair_key:
+                high = middle
+            else:
+                return middle
+        return -1
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+@cython.freelist(32)
+cdef class CheckResult:
+    """Decision of one order, with the same interface as ``ReferenceResult``.
+
+    ``failed`` is the bitmask of ``Check`` codes; ``handle`` identifies the working order
+    (``generation << 32 | slot``) or is -1 when rejected; ``detail(code)`` gives
+    ``(limit, observed, rule path id)`` of a failed check and raises ``KeyError`` for a
+    check that did not fail, as the reference's dict does.
+    """
+
+    def detail(self, int code):
+        if code < 0 or code >= N_CHECKS or not (self.failed >> code) & 1:
+            raise KeyError(code)
+        return self.limits[code], self.observed[code], self.paths[code]
+
+    @property
+    def details(self):
+        """Every failed check: ``{code: (limit, observed, path id)}``."""
+        return {code: self.detail(code) for code in range(N_CHECKS) if (self.failed >> code) & 1}
+
+    def __repr__(self):
+        return f"CheckResult(accepted={self.accepted}, failed={self.failed:#x}, handle={self.handle}, details={self.details})"
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel
+# ---------------------------------------------------------------------------------------
+cdef class Kernel:
+    """The compiled twin of ``ReferenceKernel`` (same constructor, methods and results).
+
+    Threading and the GIL: every method holds the GIL except :meth:`check_batch`, which
+    decides its whole batch with the GIL released so other Python threads (the event loop,
+    I/O) keep running. State is therefore guarded by one kernel lock: ``check_batch`` holds
+    it for the whole batch, every other method that reads or writes state holds it for its
+    own duration (an uncontended acquire costs a few tens of nanoseconds; a contended one
+    waits with the GIL released). So a kernel may be shared between threads, and decisions
+    are always serial: each order sees the state the previous one left.
+
+    Rules are swapped by :meth:`install_rules` with one reference assignment. A batch reads
+    the ``RuleView`` it captured when it started, so a concurrent install never mixes two
+    rule sets within a batch; the new rules apply from the next call. An install that
+    brings ids beyond the state arrays grows them first, under the lock (so it waits for a
+    running batch), before the new view becomes visible.
+
+    Ids are ``int32`` in batches and in pair keys; state for ids handed out by the interner
+    after the rules were compiled exists as soon as a trading state or reference price is
+    set for them, and orders carrying them stay unknown until rules declare them.
+    """
+
+    def __cinit__(self):
+        self.state_lock = PyThread_allocate_lock()
+        if self.state_lock == NULL:
+            raise MemoryError("cannot allocate the kernel's state lock")
+
+    def __dealloc__(self):
+        if self.state_lock != NULL:
+            PyThread_free_lock(self.state_lock)
+
+    def __init__(
+        self,
+        rules,
+        *,
+        Py_ssize_t max_orders=DEFAULT_MAX_ORDERS,
+        Py_ssize_t max_positions=DEFAULT_MAX_POSITIONS,
+        Py_ssize_t client_order_id_memory=DEFAULT_CLIENT_ORDER_ID_MEMORY,
+    ):
+        cdef Py_ssize_t i
+        cdef Py_ssize_t table_size
+        if not 0 <= max_orders <= MAX_INDEXED_ID:
+            raise ValueError(f"max_orders must be in [0, 2**31 - 1], got {max_orders}")
+        if not 0 <= max_positions <= MAX_INDEXED_ID:
+            raise ValueError(f"max_positions must be in [0, 2**31 - 1], got {max_positions}")
+        if not 1 <= client_order_id_memory <= MAX_INDEXED_ID:
+            # The reference accepts 0 and then fails (IndexError) on the first accept.
+            raise ValueError(f"client_order_id_memory must be in [1, 2**31 - 1], got {client_order_id_memory}")
+        self.max_orders = max_orders
+        self.max_positions = max_positions
+        self.client_order_id_memory = client_order_id_memory
+        self.firm_state = TRADING_STATE_ACTIVE
+        self.unindexed_states = {}
+
+        self.lock_state()
+        try:
+            self.grow_accounts(1)
+            self.grow_strategies(1)
+            self.grow_symbols(1)
+
+            self.position_block = zeroed_block(max_positions, sizeof(PositionState))
+            self.positions = <PositionState*>block_address(self.position_block)
+            self.n_positions = 0
+            table_size = power_of_two_at_least(2 * max_positions)
+            self.position_table_block = zeroed_block(table_size, sizeof(PositionSlot))
+            self.position_table = <PositionSlot*>block_address(self.position_table_block)
+            self.position_table_mask = table_size - 1
+            for i in range(table_size):
+                self.position_table[i].key = -1
+
+            self.order_block = zeroed_block(max_orders, sizeof(OrderSlot))
+            self.orders = <OrderSlot*>block_address(self.order_block)
+            self.free_stack_block = zeroed_block(max_orders, sizeof(int32_t))
+            self.free_stack = <int32_t*>block_address(self.free_stack_block)
+            for i in range(max_orders):  # popped from the top: slot 0 first, as the reference
+                self.free_stack[i] = <int32_t>(max_orders - 1 - i)
+            self.free_top = max_orders
+            self.live_count = 0
+
+            self.remembered_ring_block = zeroed_block(client_order_id_memory, sizeof(int64_t))
+            self.remembered_ring = <int64_t*>block_address(self.remembered_ring_block)
+            self.remembered_oldest = 0
+            self.remembered_count = 0
+            table_size = power_of_two_at_least(2 * client_order_id_memory)
+            self.remembered_set_block = zeroed_block(table_size, sizeof(RememberedKey))
+            self.remembered_set = <RememberedKey*>block_address(self.remembered_set_block)
+            self.remembered_set_mask = table_size - 1
+        finally:
+            self.unlock_state()
+        self.install_rules(rules)
+
+    # -- the state lock -----------------------------------------------------------------
+    cdef void lock_state(self):
+        if not PyThread_acquire_lock(self.state_lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
+
+    cdef void unlock_state(self) noexcept nogil:
+        PyThread_release_lock(self.state_lock)
+
+    # -- growth of per-id state (Python level, never on the order path; lock held) ------
+    cdef void grow_accounts(self, Py_ssize_t needed):
+        cdef Py_ssize_t capacity
+        cdef Py_ssize_t i
+        cdef AccountState* records
+        if needed <= self.account_capacity:
+            return
+        capacity = grown_capacity(self.account_capacity, needed)
+        block = zeroed_block(capacity, sizeof(AccountState))
+        records = <AccountState*>block_address(block)
+        if self.account_capacity:
+            memcpy(records, self.accounts, self.account_capacity * sizeof(AccountState))
+        for i in range(self.account_capacity, capacity):
+            records[i].rate_tokens = -1
+        self.account_block = block
+        self.accounts = records
+        self.account_capacity = capacity
+
+    cdef void grow_strategies(self, Py_ssize_t needed):
+        cdef Py_ssize_t capacity
+        cdef Py_ssize_t i
+        cdef StrategyState* records
+        if needed <= self.strategy_capacity:
+            return
+        capacity = grown_capacity(self.strategy_capacity, needed)
+        block = zeroed_block(capacity, sizeof(StrategyState))
+        records = <StrategyState*>block_address(block)
+        if self.strategy_capacity:
+            memcpy(records, self.strategies, self.strategy_capacity * sizeof(StrategyState))
+        for i in range(self.strategy_capacity, capacity):
+            records[i].rate_tokens = -1
+        self.strategy_block = block
+        self.strategies = records
+        self.strategy_capacity = capacity
+
+    cdef void grow_symbols(self, Py_ssize_t needed):
+        cdef Py_ssize_t capacity
+        cdef SymbolState* records
+        if needed <= self.symbol_capacity:
+            return
+        capacity = grown_capacity(self.symbol_capacity, needed)
+        block = zeroed_block(capacity, sizeof(SymbolState))
+        records = <SymbolState*>block_address(block)
+        if self.symbol_capacity:
+            memcpy(records, self.symbols, self.symbol_capacity * sizeof(SymbolState))
+        self.symbol_block = block
+        self.symbols = records
+        self.symbol_capacity = capacity
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def rules(self):
+        """The CompiledRules currently installed."""
+        return self.view.rules
+
+    def install_rules(self, rules):
+        """Swap in new rules; all state is kept (ids are stable through the interner).
+
+        The view is built and validated first (a bad table raises and leaves the kernel
+        untouched); state is grown if the rules or interner bring new ids; then the view is
+        swapped in one assignment.
+        """
+        cdef RuleView view = RuleView(rules)
+        interner = rules.interner
+        cdef Py_ssize_t accounts_needed = max(view.n_accounts, len(interner.account_names))
+        cdef Py_ssize_t strategies_needed = max(view.n_strategies, len(interner.strategy_names))
+        cdef Py_ssize_t symbols_needed = max(view.n_symbols, len(interner.symbol_names))
+        if (
+            accounts_needed > self.account_capacity
+            or strategies_needed > self.strategy_capacity
+            or symbols_needed > self.symbol_capacity
+        ):
+            self.lock_state()
+            try:
+                self.grow_accounts(accounts_needed)
+                self.grow_strategies(strategies_needed)
+                self.grow_symbols(symbols_needed)
+                self.view = view
+            finally:
+                self.unlock_state()
+        else:
+            self.view = view
+
+    def set_reference_price(self, int64_t symbol_id, int64_t price_nanos, int64_t ts_ns):
+        """Record a symbol's reference price. Ids no interner hands out (negative, or
+        beyond int32) are ignored: no order can name them, so nothing could read them."""
+        if not 0 <= symbol_id < MAX_INDEXED_ID:
+            return
+        self.lock_state()
+        try:
+            self.grow_symbols(symbol_id + 1)
+            self.symbols[symbol_id].reference_price = price_nanos
+            self.symbols[symbol_id].reference_ts_ns = ts_ns
+        finally:
+            self.unlock_state()
+
+    def set_trading_state(self, int scope, int64_t scope_id, int state):
+        """Set ACTIVE / REDUCING / HALTED for the firm (``scope_id`` ignored) or one id.
+        Raises ``ValueError`` for an unknown scope or state, as the reference's enums do."""
+        if not TRADING_STATE_ACTIVE <= state <= TRADING_STATE_HALTED:
+            raise ValueError(f"{state} is not a valid TradingState")
+        if not SCOPE_FIRM <= scope <= SCOPE_SYMBOL:
+            raise ValueError(f"{scope} is not a valid Scope")
+        self.lock_state()
+        try:
+            if scope == SCOPE_FIRM:
+                self.firm_state = state
+            elif not 0 <= scope_id < MAX_INDEXED_ID:
+                self.unindexed_states[scope, scope_id] = state
+            elif scope == SCOPE_ACCOUNT:
+                self.grow_accounts(scope_id + 1)
+                self.accounts[scope_id].trading_state = state
+            elif scope == SCOPE_STRATEGY:
+                self.grow_strategies(scope_id + 1)
+                self.strategies[scope_id].trading_state = state
+            else:
+                self.grow_symbols(scope_id + 1)
+                self.symbols[scope_id].trading_state = state
+        finally:
+            self.unlock_state()
+
+    def trading_state(self, int scope, int64_t scope_id):
+        """The state set for a scope id (ACTIVE when none was set)."""
+        if not SCOPE_FIRM <= scope <= SCOPE_SYMBOL:
+            raise ValueError(f"{scope} is not a valid Scope")
+        if scope == SCOPE_FIRM:
+            return self.firm_state
+        if not 0 <= scope_id < MAX_INDEXED_ID:
+            return self.unindexed_states.get((scope, scope_id), TRADING_STATE_ACTIVE)
+        cdef uint8_t state = TRADING_STATE_ACTIVE
+        self.lock_state()
+        if scope == SCOPE_ACCOUNT and scope_id < self.account_capacity:
+            state = self.accounts[scope_id].trading_state
+        elif scope == SCOPE_STRATEGY and scope_id < self.strategy_capacity:
+            state = self.strategies[scope_id].trading_state
+        elif scope == SCOPE_SYMBOL and scope_id < self.symbol_capacity:
+            state = self.symbols[scope_id].trading_state
+        self.unlock_state()
+        return state
+
+    # -- the check ----------------------------------------------------------------------
+    def check(
+        self,
+        int64_t account_id,
+        int64_t symbol_id,
+        int64_t strategy_id,
+        int64_t side,
+        int64_t order_type,
+        int64_t qty,
+        int64_t price,
+        int64_t client_order_key,
+        int64_t now_ns,
+    ):
+        """Decide one order; on accept the order becomes working and state moves.
+
+        ``client_order_key`` is the 64-bit key of (account, client order id) computed by the
+        caller; ``price`` is ignored for market orders. Returns a :class:`CheckResult`.
+        """
+        cdef CheckResult result = CheckResult.__new__(CheckResult)
+        cdef OrderTicket order
+        cdef Verdict verdict
+        cdef RuleView view = self.view
+        order.account_id = account_id
+        order.symbol_id = symbol_id
+        order.strategy_id = strategy_id
+        order.side = side
+        order.order_type = order_type
+        order.qty = qty
+        order.price = price
+        order.client_order_key = client_order_key
+        order.now_ns = now_ns
+        verdict.limits = result.limits
+        verdict.observed = result.observed
+        verdict.paths = result.paths
+        self.lock_state()
+        result.failed = self.decide(view, &order, &verdict, &result.handle)
+        self.unlock_state()
+        result.accepted = result.failed == 0
+        return result
+
+    def check_batch(
+        self,
+        account_ids,
+        symbol_ids,
+        strategy_ids,
+        sides,
+        order_types,
+        qtys,
+        prices,
+        keys,
+        now_ns,
+        out_failed,
+        out_handles,
+        out_limits,
+        out_observed,
+        out_paths,
+    ):
+        """Decide ``n`` orders in sequence, each seeing the state the previous ones left.
+
+        Inputs are C-contiguous 1-D arrays of length ``n``: int32 ids, int8 or uint8 sides
+        and order types, int64 quantities, prices and client order keys; ``now_ns`` is an
+        int64 scalar or array. Outputs: ``out_failed`` (uint64 masks), ``out_handles``
+        (int64, -1 when rejected), and ``(n, N_CHECKS)`` arrays ``out_limits`` and
+        ``out_observed`` (int64) and ``out_paths`` (int32), written only where the order's
+        failure bit is set. The GIL is released for the whole loop. Returns the number of
+        accepted orders.
+        """
+        cdef const int32_t[::1] account_column = account_ids
+        cdef const int32_t[::1] symbol_column = symbol_ids
+        cdef const int32_t[::1] strategy_column = strategy_ids
+        cdef const uint8_t[::1] side_column = _small_int_bytes(sides, "sides")
+        cdef const uint8_t[::1] order_type_column = _small_int_bytes(order_types, "order_types")
+        cdef bint sides_signed = np.asarray(sides).dtype == np.int8
+        cdef bint order_types_signed = np.asarray(order_types).dtype == np.int8
+        cdef const int64_t[::1] qty_column = qtys
+        cdef const int64_t[::1] price_column = prices
+        cdef const int64_t[::1] key_column = keys
+        cdef const int64_t[::1] now_column
+        cdef int64_t now_scalar = 0
+        cdef bint now_per_order = np.ndim(now_ns) != 0
+        cdef uint64_t[::1] failed_column = out_failed
+        cdef int64_t[::1] handle_column = out_handles
+        cdef int64_t[:, ::1] limit_rows = out_limits
+        cdef int64_t[:, ::1] observed_rows = out_observed
+        cdef int32_t[:, ::1] path_rows = out_paths
+        cdef Py_ssize_t n = account_column.shape[0]
+        cdef Py_ssize_t i
+        cdef Py_ssize_t accepted = 0
+        cdef OrderTicket order
+        cdef Verdict verdict
+        cdef RuleView view = self.view
+
+        if now_per_order:
+            now_column = now_ns
+            _require_length("now_ns", now_column.shape[0], n)
+        else:
+            now_scalar = now_ns
+        for name, length in (
+            ("symbol_ids", symbol_column.shape[0]),
+            ("strategy_ids", strategy_column.shape[0]),
+            ("sides", side_column.shape[0]),
+            ("order_types", order_type_column.shape[0]),
+            ("qtys", qty_column.shape[0]),
+            ("prices", price_column.shape[0]),
+            ("keys", key_column.shape[0]),
+            ("out_failed", failed_column.shape[0]),
+            ("out_handles", handle_column.shape[0]),
+            ("out_limits", limit_rows.shape[0]),
+            ("out_observed", observed_rows.shape[0]),
+            ("out_paths", path_rows.shape[0]),
+        ):
+            _require_length(name, length, n)
+        for name, columns in (
+            ("out_limits", limit_rows.shape[1]),
+            ("out_observed", observed_rows.shape[1]),
+            ("out_paths", path_rows.shape[1]),
+        ):
+            if columns != N_CHECKS:
+                raise ValueError(f"{name} must have {N_CHECKS} columns, got {columns}")
+
+        self.lock_state()
+        with nogil:
+            for i in range(n):
+                order.account_id = account_column[i]
+                order.symbol_id = symbol_column[i]
+                order.strategy_id = strategy_column[i]
+                order.side = <int8_t>side_column[i] if sides_signed else side_column[i]
+                order.order_type = <int8_t>order_type_column[i] if order_types_signed else order_type_column[i]
+                order.qty = qty_column[i]
+                order.price = price_column[i]
+                order.client_order_key = key_column[i]
+                order.now_ns = now_column[i] if now_per_order else now_scalar
+                verdict.limits = &limit_rows[i, 0]
+                verdict.observed = &observed_rows[i, 0]
+                verdict.paths = &path_rows[i, 0]
+                failed_column[i] = self.decide(view, &order, &verdict, &handle_column[i])
+                accepted += failed_column[i] == 0
+            self.unlock_state()
+        return accepted
+
+    cdef uint64_t decide(self, RuleView view, const OrderTicket* order, Verdict* verdict,
+                         int64_t* handle) noexcept nogil:
+        """The whole of ``ReferenceKernel.check`` for one order; the lock is held.
+
+        Writes the failure details into ``verdict`` and, on accept, moves the state and
+        writes the handle. Returns the failure mask (0 = accepted).
+        """
+        cdef int64_t account_id = order.account_id
+        cdef int64_t symbol_id = order.symbol_id
+        cdef int64_t strategy_id = order.strategy_id
+        cdef int64_t side = order.side
+        cdef int64_t order_type = order.order_type
+        cdef int64_t qty = order.qty
+        cdef int64_t price = order.price
+        cdef int64_t now_ns = order.now_ns
+        handle[0] = -1
+        verdict.failed = 0
+
+        # ---- stage A: validity and identity --------------------------------------------
+        if side < SIDE_BUY or side > SIDE_SELL_SHORT:
+            fail(verdict, CHECK_INVALID_SIDE, 0, side, NO_PATH)
+        if order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET:
+            fail(verdict, CHECK_INVALID_ORDER_TYPE, 0, order_type, NO_PATH)
+        if qty <= 0:
+            fail(verdict, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
+        if order_type == ORDER_TYPE_LIMIT and price <= 0:
+            fail(verdict, CHECK_INVALID_PRICE, 0, price, NO_PATH)
+        if account_id < 0 or account_id >= view.n_accounts or not view.account_active[account_id]:
+            fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
+        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbol_active[symbol_id]:
+            fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
+        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategy_active[strategy_id]:
+            fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
+        if verdict.failed:
+            return verdict.failed
+
+        # ---- stage B --------------------------------------------------------------------
+        cdef bint is_limit = order_type == ORDER_TYPE_LIMIT
+        cdef bint is_buy = side == SIDE_BUY
+        cdef int64_t pair_key = account_id << 32 | symbol_id
+        cdef Py_ssize_t position_index = self.find_position(pair_key)
+        cdef PositionState* pos
+        cdef PositionState no_position
+        if position_index >= 0:
+            pos = &self.positions[position_index]
+        else:
+            no_position.position = 0
+            no_position.working_buy = 0
+            no_position.working_sell = 0
+            no_position.first_order = -1
+            no_position.recent_count = 0
+            no_position.recent_next = 0
+            pos = &no_position
+        cdef AccountState* account = &self.accounts[account_id]
+        cdef SymbolState* symbol = &self.symbols[symbol_id]
+        cdef StrategyState* strategy = &self.strategies[strategy_id]
+
+        # validity against reference data
+        cdef int64_t tick = view.symbol_tick[symbol_id]
+        cdef int64_t lot = view.symbol_lot[symbol_id]
+        if is_limit and price % tick:
+            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, view.symbol_tick_path[symbol_id])
+        if qty % lot:
+            fail(verdict, CHECK_QUANTITY_OFF_LOT, lot, qty, view.symbol_lot_path[symbol_id])
+
+        # reference price
+        cdef int64_t max_age = view.symbol_max_ref_age_ns[symbol_id]
+        cdef int64_t ref_price = symbol.reference_price
+        cdef pt_i128 ref_age = <pt_i128>now_ns - symbol.reference_ts_ns
+        cdef bint fresh = False
+        if ref_price <= 0:
+            fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
+        elif ref_age > max_age:
+            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, view.symbol_max_ref_age_path[symbol_id])
+        else:
+            fresh = True
+
+        # limits the order needs: the account chain (override row, else the account's row
+        # with the firm folded in) against the symbol cap; the smaller wins, ties the chain
+        cdef Py_ssize_t override = view.override_row(pair_key)
+        cdef int64_t limit[N_LIMIT_KINDS]
+        cdef int32_t limit_path[N_LIMIT_KINDS]
+        cdef int64_t chain
+        cdef int32_t chain_path
+        cdef int64_t cap
+        cdef int kind
+        for kind in range(N_LIMIT_KINDS):
+            chain = LIMIT_UNSET
+            chain_path = NO_PATH
+            if override >= 0:
+                chain = view.override_limits[override, kind]
+                chain_path = view.override_limit_paths[override, kind]
+            if chain == LIMIT_UNSET:
+                chain = view.account_limits[account_id, kind]
+                chain_path = view.account_limit_paths[account_id, kind]
+            cap = view.symbol_limits[symbol_id, kind]
+            if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
+                limit[kind] = chain
+                limit_path[kind] = chain_path if chain != LIMIT_UNSET else NO_PATH
+            else:
+                limit[kind] = cap
+                limit_path[kind] = view.symbol_limit_paths[symbol_id, kind]
+        cdef int64_t credit = view.account_credit_limit[account_id]
+        cdef int64_t max_working = view.account_max_working[account_id]
+        cdef int64_t account_rate_orders = view.account_rate_orders[account_id]
+        cdef int64_t account_rate_window = view.account_rate_window_ns[account_id]
+        cdef int64_t strategy_rate_orders = LIMIT_UNSET
+        cdef int64_t strategy_rate_window = 0
+        if strategy_id != 0:
+            strategy_rate_orders = view.strategy_rate_orders[strategy_id]
+            strategy_rate_window = view.strategy_rate_window_ns[strategy_id]
+
+        cdef int64_t missing = 0
+        if limit[LIMIT_KIND_MAX_ORDER_QTY] == LIMIT_UNSET:
+            missing |= MISSING_MAX_ORDER_QTY
+        if limit[LIMIT_KIND_MAX_ORDER_NOTIONAL] == LIMIT_UNSET:
+            missing |= MISSING_MAX_ORDER_NOTIONAL
+        if limit[LIMIT_KIND_MAX_LONG_POSITION] == LIMIT_UNSET:
+            missing |= MISSING_MAX_LONG_POSITION
+        if limit[LIMIT_KIND_MAX_SHORT_POSITION] == LIMIT_UNSET:
+            missing |= MISSING_MAX_SHORT_POSITION
+        if credit == LIMIT_UNSET:
+            missing |= MISSING_CREDIT_LIMIT
+        if max_working == LIMIT_UNSET:
+            missing |= MISSING_MAX_WORKING_ORDERS
+        if account_rate_orders == LIMIT_UNSET:
+            missing |= MISSING_ACCOUNT_ORDER_RATE
+        if (
+            is_limit
+            and limit[LIMIT_KIND_PRICE_COLLAR_PPM] == LIMIT_UNSET
+            and limit[LIMIT_KIND_PRICE_COLLAR_TICKS] == LIMIT_UNSET
+        ):
+            missing |= MISSING_PRICE_COLLAR
+        if strategy_id != 0 and strategy_rate_orders == LIMIT_UNSET:
+            missing |= MISSING_STRATEGY_ORDER_RATE
+        if missing:
+            fail(verdict, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
+
+        # trading state: the most restrictive scope wins; the first scope holding it is reported
+        cdef uint8_t effective = self.firm_state
+        cdef int scope = SCOPE_FIRM
+        if account.trading_state > effective:
+            effective = account.trading_state
+            scope = SCOPE_ACCOUNT
+        if strategy.trading_state > effective:
+            effective = strategy.trading_state
+            scope = SCOPE_STRATEGY
+        if symbol.trading_state > effective:
+            effective = symbol.trading_state
+            scope = SCOPE_SYMBOL
+        cdef pt_i128 reducible
+        cdef pt_i128 after
+        if effective == TRADING_STATE_HALTED:
+            fail(verdict, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
+        elif effective == TRADING_STATE_REDUCING:
+            if is_buy:
+                reducible = -<pt_i128>pos.position
+                after = <pt_i128>pos.working_buy + qty
+            else:
+                reducible = pos.position
+                after = <pt_i128>pos.working_sell + qty
+            if reducible < 0:
+                reducible = 0
+            if after > reducible:
+                fail(verdict, CHECK_REDUCE_ONLY_VIOLATION, reducible, after, NO_PATH)
+
+        # restricted list: firm-wide first, then the account's own
+        cdef uint8_t side_bit = 1 << side
+        cdef uint8_t restricted = view.symbol_restricted_sides[symbol_id]
+        if restricted & side_bit:
+            fail(verdict, CHECK_SYMBOL_RESTRICTED, restricted, side, view.symbol_restricted_path[symbol_id])
+        elif override >= 0 and view.override_restricted_sides[override] & side_bit:
+            fail(
+                verdict,
+                CHECK_SYMBOL_RESTRICTED,
+                view.override_restricted_sides[override],
+                side,
+                view.override_restricted_path[override],
+            )
+
+        # order size
+        cdef int64_t qty_limit = limit[LIMIT_KIND_MAX_ORDER_QTY]
+        if qty_limit != LIMIT_UNSET and qty > qty_limit:
+            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[LIMIT_KIND_MAX_ORDER_QTY])
+        cdef int64_t effective_price = price if is_limit else ref_price
+        cdef int64_t notional = -1
+        if effective_price > 0:
+            notional = notional_micros(qty, effective_price, view.symbol_multiplier[symbol_id])
+        cdef int64_t notional_limit = limit[LIMIT_KIND_MAX_ORDER_NOTIONAL]
+        if notional >= 0 and notional_limit != LIMIT_UNSET and notional > notional_limit:
+            fail(
+                verdict,
+                CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
+                notional_limit,
+                notional,
+                limit_path[LIMIT_KIND_MAX_ORDER_NOTIONAL],
+            )
+
+        # price collar: the tighter of the percentage and tick bands around a fresh reference
+        cdef int64_t collar_ppm = limit[LIMIT_KIND_PRICE_COLLAR_PPM]
+        cdef int64_t collar_ticks = limit[LIMIT_KIND_PRICE_COLLAR_TICKS]
+        cdef bint has_band = False
+        cdef pt_i128 band = 0
+        cdef pt_i128 tick_band
+        cdef int32_t band_path = NO_PATH
+        if is_limit and fresh:
+            if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
+                band = floor_div(<pt_i128>ref_price * collar_ppm, PPM_SCALE)
+                band_path = limit_path[LIMIT_KIND_PRICE_COLLAR_PPM]
+                has_band = True
+            if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
+                tick_band = <pt_i128>collar_ticks * tick
+                if not has_band or tick_band < band:
+                    band = tick_band
+                    band_path = limit_path[LIMIT_KIND_PRICE_COLLAR_TICKS]
+                    has_band = True
+            if has_band:
+                if <pt_i128>price - ref_price > band:
+                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price + band, price, band_path)
+                elif <pt_i128>ref_price - price > band:
+                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price - band, price, band_path)
+
+        # credit: working + filled + this order
+        cdef pt_i128 exposure
+        if notional >= 0 and credit != LIMIT_UNSET:
+            exposure = <pt_i128>account.working_notional + account.filled_notional + notional
+            if exposure > credit:
+                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, view.account_credit_path[account_id])
+
+        # position, counting working orders on the side that increases it
+        cdef int64_t long_limit = limit[LIMIT_KIND_MAX_LONG_POSITION]
+        cdef int64_t short_limit = limit[LIMIT_KIND_MAX_SHORT_POSITION]
+        cdef pt_i128 position_after
+        if is_buy:
+            if long_limit != LIMIT_UNSET:
+                position_after = <pt_i128>pos.position + pos.working_buy + qty
+                if position_after > long_limit:
+                    fail(
+                        verdict,
+                        CHECK_LONG_POSITION_LIMIT_EXCEEDED,
+                        long_limit,
+                        position_after,
+                        limit_path[LIMIT_KIND_MAX_LONG_POSITION],
+                    )
+        elif short_limit != LIMIT_UNSET:
+            position_after = <pt_i128>pos.working_sell + qty - pos.position
+            if position_after > short_limit:
+                fail(
+                    verdict,
+                    CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
+                    short_limit,
+                    position_after,
+                    limit_path[LIMIT_KIND_MAX_SHORT_POSITION],
+                )
+
+        # order rates (token buckets; charged on accept only)
+        cdef pt_i128 account_level = 0
+        cdef pt_i128 strategy_level = 0
+        if rate_applies(account_rate_orders):
+            account_level = refill(
+                account.rate_tokens, account.rate_last_ns, now_ns, account_rate_orders, account_rate_window
+            )
+            if account_level < account_rate_window:
+                fail(
+                    verdict,
+                    CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
+                    account_rate_orders,
+                    ceil_div(account_rate_window - account_level, account_rate_orders),
+                    view.account_rate_path[account_id],
+                )
+        if rate_applies(strategy_rate_orders):
+            strategy_level = refill(
+                strategy.rate_tokens, strategy.rate_last_ns, now_ns, strategy_rate_orders, strategy_rate_window
+            )
+            if strategy_level < strategy_rate_window:
+                fail(
+                    verdict,
+                    CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
+                    strategy_rate_orders,
+                    ceil_div(strategy_rate_window - strategy_level, strategy_rate_orders),
+                    view.strategy_rate_path[strategy_id],
+                )
+
+        # duplicates: the client order id, then the content newest first
+        if self.remembers(order.client_order_key):
+            fail(verdict, CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
+        cdef int64_t content_window = view.account_dup_window_ns[account_id]
+        cdef int64_t content_price = price if is_limit else 0
+        cdef int32_t age_rank
+        cdef RecentOrder* recent
+        cdef pt_i128 recent_age
+        if content_window > 0:
+            for age_rank in range(pos.recent_count):
+                recent = &pos.recent[(pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)]
+                if (
+                    recent.side == side
+                    and recent.order_type == order_type
+                    and recent.qty == qty
+                    and recent.price == content_price
+                ):
+                    recent_age = <pt_i128>now_ns - recent.accepted_ns
+                    if recent_age <= content_window:
+                        fail(verdict, CHECK_DUPLICATE_ORDER_CONTENT, content_window, recent_age, NO_PATH)
+                        break
+
+        # working orders
+        cdef int64_t working_after = account.working_count + 1
+        if max_working != LIMIT_UNSET and working_after > max_working:
+            fail(
+                verdict,
+                CHECK_MAX_WORKING_ORDERS_EXCEEDED,
+                max_working,
+                working_after,
+                view.account_max_working_path[account_id],
+            )
+
+        # self-match: would the order cross the account's own working order on the other side?
+        cdef int64_t cross = cross_price(side, order_type, price)
+        cdef int32_t slot
+        cdef OrderSlot* working
+        cdef bint has_opposite = False
+        cdef int64_t opposite = 0
+        if view.account_self_match[account_id]:
+            slot = pos.first_order
+            while slot >= 0:
+                working = &self.orders[slot]
+                if (working.side == SIDE_BUY) != is_buy:
+                    if not has_opposite or (working.cross_price < opposite if is_buy else working.cross_price > opposite):
+                        opposite = working.cross_price
+                        has_opposite = True
+                slot = working.next
+            if has_opposite and (opposite <= cross if is_buy else opposite >= cross):
+                fail(verdict, CHECK_SELF_MATCH_PREVENTED, opposite, cross, NO_PATH)
+
+        # capacity of the kernel's own tables: orders first, then positions
+        if self.live_count >= self.max_orders:
+            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_orders, self.live_count, NO_PATH)
+        elif position_index < 0 and self.n_positions >= self.max_positions:
+            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_positions, self.n_positions, NO_PATH)
+
+        if verdict.failed:
+            return verdict.failed
+        handle[0] = self.accept(
+            view, order, position_index, notional, effective_price, account_level, strategy_level
+        )
+        return 0
+
+    cdef int64_t accept(self, RuleView view, const OrderTicket* order, Py_ssize_t position_index,
+                        int64_t notional, int64_t effective_price, pt_i128 account_level,
+                        pt_i128 strategy_level) noexcept nogil:
+        """The order becomes working: reservations, rate charges and memories move."""
+        cdef int64_t account_id = order.account_id
+        cdef int64_t strategy_id = order.strategy_id
+        cdef bint is_limit = order.order_type == ORDER_TYPE_LIMIT
+        cdef int32_t slot
+        cdef OrderSlot* working
+        cdef PositionState* pos
+        cdef RecentOrder* recent
+        cdef AccountState* account = &self.accounts[account_id]
+        cdef StrategyState* strategy
+
+        if position_index < 0:
+            position_index = self.add_position(account_id << 32 | order.symbol_id)
+        pos = &self.positions[position_index]
+
+        self.free_top -= 1
+        slot = self.free_stack[self.free_top]
+        self.live_count += 1
+        working = &self.orders[slot]
+        working.remaining = order.qty
+        working.reserve_price = effective_price
+        working.cross_price = cross_price(order.side, order.order_type, order.price)
+        working.multiplier = view.symbol_multiplier[order.symbol_id]
+        working.reserved = notional
+        working.account = <int32_t>account_id
+        working.position_index = <int32_t>position_index
+        working.side = <int8_t>order.side
+        working.live = 1
+        working.prev = -1
+        working.next = pos.first_order
+        if pos.first_order >= 0:
+            self.orders[pos.first_order].prev = slot
+        pos.first_order = slot
+
+        if order.side == SIDE_BUY:
+            pos.working_buy += <uint64_t>order.qty
+        else:
+            pos.working_sell += <uint64_t>order.qty
+        recent = &pos.recent[pos.recent_next]
+        recent.side = <int8_t>order.side
+        recent.order_type = <int8_t>order.order_type
+        recent.qty = order.qty
+        recent.price = order.price if is_limit else 0
+        recent.accepted_ns = order.now_ns
+        pos.recent_next = (pos.recent_next + 1) & (CONTENT_MEMORY_PER_POSITION - 1)
+        if pos.recent_count < CONTENT_MEMORY_PER_POSITION:
+            pos.recent_count += 1
+
+        account.working_count += 1
+        account.working_notional = saturate(<pt_i128>account.working_notional + notional)
+        if rate_applies(view.account_rate_orders[account_id]):
+            account.rate_tokens = saturate(account_level - view.account_rate_window_ns[account_id])
+            account.rate_last_ns = order.now_ns
+        if strategy_id != 0 and rate_applies(view.strategy_rate_orders[strategy_id]):
+            strategy = &self.strategies[strategy_id]
+            strategy.rate_tokens = saturate(strategy_level - view.strategy_rate_window_ns[strategy_id])
+            strategy.rate_last_ns = order.now_ns
+        self.remember(order.client_order_key)
+        return (<int64_t>working.generation) << HANDLE_SLOT_BITS | slot
+
+    # -- account x symbol positions -----------------------------------------------------
+    cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil:
+        cdef uint64_t mask = self.position_table_mask
+        cdef uint64_t probe = mix64(<uint64_t>pair_key) & mask
+        cdef PositionSlot* entry
+        while True:
+            entry = &self.position_table[probe]
+            if entry.key == pair_key:
+                return entry.index
+            if entry.key < 0:
+                return -1
+            probe = (probe + 1) & mask
+
+    cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil:
+        """Insert a pair the table does not hold (capacity was checked by the caller)."""
+        cdef uint64_t mask = self.position_table_mask
+        cdef uint64_t probe = mix64(<uint64_t>pair_key) & mask
+        cdef Py_ssize_t index = self.n_positions
+        cdef PositionState* pos = &self.positions[index]
+        while self.position_table[probe].key >= 0:
+            probe = (probe + 1) & mask
+        self.position_table[probe].key = pair_key
+        self.position_table[probe].index = index
+        self.n_positions += 1
+        pos.first_order = -1  # the block is zeroed: the rest already reads "nothing yet"
+        return index
+
+    # -- client order ids ---------------------------------------------------------------
+    cdef bint remembers(self, int64_t client_order_key) noexcept nogil:
+        cdef uint64_t mask = self.remembered_set_mask
+        cdef uint64_t probe = mix64(<uint64_t>client_order_key) & mask
+        while self.remembered_set[probe].used:
+            if self.remembered_set[probe].key == client_order_key:
+                return True
+            probe = (probe + 1) & mask
+        return False
+
+    cdef void remember(self, int64_t client_order_key) noexcept nogil:
+        """Remember an accepted key (never already remembered), forgetting the oldest one
+        when the memory is full."""
+        cdef Py_ssize_t memory = self.client_order_id_memory
+        cdef Py_ssize_t newest
+        cdef uint64_t mask = self.remembered_set_mask
+        cdef uint64_t probe
+        if self.remembered_count >= memory:
+            self.forget(self.remembered_ring[self.remembered_oldest])
+            self.remembered_oldest += 1
+            if self.remembered_oldest == memory:
+                self.remembered_oldest = 0
+            self.remembered_count -= 1
+        newest = self.remembered_oldest + self.remembered_count
+        if newest >= memory:
+            newest -= memory
+        self.remembered_ring[newest] = client_order_key
+        self.remembered_count += 1
+        probe = mix64(<uint64_t>client_order_key) & mask
+        while self.remembered_set[probe].used:
+            probe = (probe + 1) & mask
+        self.remembered_set[probe].key = client_order_key
+        self.remembered_set[probe].used = 1
+
+    cdef void forget(self, int64_t client_order_key) noexcept nogil:
+        """Remove a key with backward-shift deletion: later entries of its probe run move
+        back into the hole, so lookups stay exact without tombstones."""
+        cdef uint64_t mask = self.remembered_set_mask
+        cdef RememberedKey* table = self.remembered_set
+        cdef uint64_t hole = mix64(<uint64_t>client_order_key) & mask
+        cdef uint64_t probe
+        cdef uint64_t home
+        while table[hole].key != client_order_key:
+            if not table[hole].used:
+                return
+            hole = (hole + 1) & mask
+        probe = hole
+        while True:
+            probe = (probe + 1) & mask
+            if not table[probe].used:
+                break
+            home = mix64(<uint64_t>table[probe].key) & mask
+            # the entry may fill the hole unless its home lies in the run after the hole
+            if ((probe - home) & mask) >= ((probe - hole) & mask):
+                table[hole] = table[probe]
+                hole = probe
+        table[hole].used = 0
+
+    # -- executions ---------------------------------------------------------------------
+    cdef OrderSlot* working_slot(self, int64_t handle) noexcept nogil:
+        """The working order of a handle, or NULL (ended, stale generation, never issued)."""
+        cdef uint64_t slot = <uint64_t>handle & HANDLE_SLOT_MASK
+        cdef OrderSlot* working
+        if handle < 0 or slot >= <uint64_t>self.max_orders:
+            return NULL
+        working = &self.orders[slot]
+        if working.generation != (handle >> HANDLE_SLOT_BITS) or not working.live:
+            return NULL
+        return working
+
+    cdef void end_order(self, int32_t slot) noexcept nogil:
+        cdef OrderSlot* working = &self.orders[slot]
+        cdef PositionState* pos = &self.positions[working.position_index]
+        self.accounts[working.account].working_count -= 1
+        if working.prev >= 0:
+            self.orders[working.prev].next = working.next
+        else:
+            pos.first_order = working.next
+        if working.next >= 0:
+            self.orders[working.next].prev = working.prev
+        working.live = 0
+        working.generation = (working.generation + 1) & GENERATION_MASK
+        self.free_stack[self.free_top] = slot
+        self.free_top += 1
+        self.live_count -= 1
+
+    def fill(self, handle, int64_t qty, int64_t price):
+        """Apply a (partial) fill of ``qty`` at ``price``; the order ends when none remains.
+
+        The filled quantity moves the position; its notional at the fill price becomes
+        filled exposure; the reservation shrinks to the remaining quantity. A fill beyond
+        the remaining quantity is applied in full and reported as OVERFILL.
+        """
+        cdef OrderSlot* working
+        cdef PositionState* pos
+        cdef AccountState* account
+        cdef int64_t applied
+        cdef int64_t still_reserved
+        cdef int32_t slot
+        cdef int status = EXEC_OK
+        cdef int64_t handle_value = _handle_value(handle)
+        self.lock_state()
+        working = self.working_slot(handle_value)
+        if working == NULL:
+            status = EXEC_UNKNOWN_ORDER
+        elif qty <= 0:
+            status = EXEC_INVALID_QUANTITY
+        elif price <= 0:
+            status = EXEC_INVALID_PRICE
+        else:
+            slot = <int32_t>(handle_value & HANDLE_SLOT_MASK)
+            pos = &self.positions[working.position_index]
+            account = &self.accounts[working.account]
+            applied = qty if qty < working.remaining else working.remaining
+            working.remaining -= applied
+            still_reserved = notional_micros(working.remaining, working.reserve_price, working.multiplier)
+            account.working_notional -= working.reserved - still_reserved
+            working.reserved = still_reserved
+            account.filled_notional = saturate(
+                <pt_i128>account.filled_notional + notional_micros(qty, price, working.multiplier)
+            )
+            if working.side == SIDE_BUY:
+                pos.working_buy -= <uint64_t>applied
+                pos.position = saturate(<pt_i128>pos.position + qty)
+            else:
+                pos.working_sell -= <uint64_t>applied
+                pos.position = saturate(<pt_i128>pos.position - qty)
+            if working.remaining == 0:
+                self.end_order(slot)
+            if qty > applied:
+                status = EXEC_OVERFILL
+        self.unlock_state()
+        return status
+
+    def release(self, handle):
+        """End a working order without a fill (cancelled, rejected by the venue, expired)."""
+        cdef OrderSlot* working
+        cdef PositionState* pos
+        cdef int status = EXEC_OK
+        cdef int64_t handle_value = _handle_value(handle)
+        self.lock_state()
+        working = self.working_slot(handle_value)
+        if working == NULL:
+            status = EXEC_UNKNOWN_ORDER
+        else:
+            pos = &self.positions[working.position_index]
+            if working.side == SIDE_BUY:
+                pos.working_buy -= <uint64_t>working.remaining
+            else:
+                pos.working_sell -= <uint64_t>working.remaining
+            self.accounts[working.account].working_notional -= working.reserved
+            self.end_order(<int32_t>(handle_value & HANDLE_SLOT_MASK))
+        self.unlock_state()
+        return status
+
+    def reset_filled_exposure(self, int64_t account_id=-1):
+        """Start a new credit period: filled notional back to zero (one account, or all)."""
+        cdef Py_ssize_t i
+        self.lock_state()
+        if account_id < 0:
+            for i in range(self.account_capacity):
+                self.accounts[i].filled_notional = 0
+        elif account_id < self.account_capacity:
+            self.accounts[account_id].filled_notional = 0
+        self.unlock_state()
+
+    # -- state readers (tests, status and explanations) ---------------------------------
+    def exposure(self, int64_t account_id):
+        """(working notional, filled notional) of an account, in micros."""
+        cdef int64_t working = 0
+        cdef int64_t filled = 0
+        self.lock_state()
+        if 0 <= account_id < self.account_capacity:
+            working = self.accounts[account_id].working_notional
+            filled = self.accounts[account_id].filled_notional
+        self.unlock_state()
+        return working, filled
+
+    def position(self, int64_t account_id, int64_t symbol_id):
+        """(position, working buy qty, working sell qty) of an account x symbol."""
+        cdef Py_ssize_t index = -1
+        cdef int64_t position = 0
+        cdef uint64_t working_buy = 0
+        cdef uint64_t working_sell = 0
+        if 0 <= account_id < MAX_INDEXED_ID and 0 <= symbol_id < MAX_INDEXED_ID:
+            self.lock_state()
+            index = self.find_position(account_id << 32 | symbol_id)
+            if index >= 0:
+                position = self.positions[index].position
+                working_buy = self.positions[index].working_buy
+                working_sell = self.positions[index].working_sell
+            self.unlock_state()
+        return position, working_buy, working_sell
+
+    def working_orders(self, int64_t account_id):
+        """Working orders of an account."""
+        cdef int64_t count = 0
+        self.lock_state()
+        if 0 <= account_id < self.account_capacity:
+            count = self.accounts[account_id].working_count
+        self.unlock_state()
+        return count
+
+    def live_orders(self):
+        """Working orders of all accounts."""
+        return self.live_count
+
+
+cdef int64_t _handle_value(object handle) except? -2:
+    """A handle as int64; a Python int outside int64 is no handle the kernel issued (-1)."""
+    try:
+        return handle
+    except OverflowError:
+        return -1
+
+
+cdef object _small_int_bytes(object column, str name):
+    """An int8 or uint8 column as uint8 bytes (the caller reinterprets signed ones)."""
+    array = np.asarray(column)
+    if array.dtype != np.int8 and array.dtype != np.uint8:
+        raise TypeError(f"{name} must be int8 or uint8, got {array.dtype}")
+    return array.view(np.uint8)
+
+
+cdef void _require_length(str name, Py_ssize_t length, Py_ssize_t expected) except *:
+    if length != expected:
+        raise ValueError(f"{name} has {length} rows, expected {expected}")
