@@ -144,6 +144,9 @@ class Check(enum.IntEnum):
     STATE_CAPACITY_EXHAUSTED = 27
     #: Set by the gateway, never by the kernel: an exception on the order path. Fail closed.
     INTERNAL_ERROR = 28
+    #: Set by the gateway, never by the kernel: the halt state could not be read or is no
+    #: longer being followed, so no order may pass (a halt might be in force).
+    HALT_STATE_UNAVAILABLE = 29
 
 
 N_CHECKS = len(Check)
@@ -213,6 +216,12 @@ CATALOGUE: tuple[CheckInfo, ...] = (
     CheckInfo(Check.SELF_MATCH_PREVENTED, "self-match", "MAR Art. 12(1)(a) (wash trades)", "the order does not cross the account's own working order"),
     CheckInfo(Check.STATE_CAPACITY_EXHAUSTED, "system", "FIA §1.1 (fail closed)", "the kernel has room to track the order"),
     CheckInfo(Check.INTERNAL_ERROR, "system", "FIA §1.1 (fail closed)", "no exception on the order path"),
+    CheckInfo(
+        Check.HALT_STATE_UNAVAILABLE,
+        "trading state",
+        "RTS 6 Art. 12 (kill functionality); FIA §1.1",
+        "the gateway is following the current halt state",
+    ),
 )
 
 assert tuple(info.code for info in CATALOGUE) == tuple(Check), "catalogue order must match Check"

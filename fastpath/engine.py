@@ -301,5 +301,9 @@ def describe(code: Check, limit: int, observed: int) -> str:
         return f"own_opposite_price={_price(limit)} price={_price(observed)}"
     if code == Check.STATE_CAPACITY_EXHAUSTED:
         return f"capacity={limit} in_use={observed}"
+    if code == Check.HALT_STATE_UNAVAILABLE:
+        return "halt_state=unavailable"
+    if code == Check.INTERNAL_ERROR:
+        return "error=internal"
     return f"limit={limit} observed={observed}"
 

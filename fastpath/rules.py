@@ -16,6 +16,15 @@ trusts, so it is strict on purpose:
 The output holds the rules twice (see :mod:`fastpath.model`): the model exactly as written
 per scope, and the numpy tables with inheritance folded; the parity suite holds the two
 to agreement. The vocabulary, units and resolution rules are documented in docs/rules.md.
+
+**Overrides** (:class:`LimitOverride`) are a run-time overlay on the file: temporary limit
+raises and throttles that the halt manager puts in force (docs/halts.md). They are written
+in the file's vocabulary and units, validated exactly like the file (same error classes,
+with ``source`` naming the override), and folded into the model before the tables are
+built, with rule paths ``overrides.<id>.<key>``: so the reference evaluator and the kernel
+see the same limits, and the rules ``version`` and every failure's rule path show the
+override in force. The compiler never reads the clock: callers pass the overrides that are
+in force now and recompile when one expires.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -153,11 +163,56 @@ _RATE_LIMIT_KEYS = ("orders", "window_ms")
 _RESTRICTION_KEYS = ("symbol", "account", "sides", "reason")
 _RESTRICTABLE_SIDES = {side.name: side for side in (Side.BUY, Side.SELL, Side.SELL_SHORT)}
 
+#: Root of the rule paths of overrides: ``overrides.<id>.<key>``.
+OVERRIDES_PATH = "overrides"
+#: Key path suffix under which a throttle factor is reported in errors.
+_THROTTLE_FACTOR = "throttle_factor"
+#: Resolution of a throttle factor: parts per million of the order rate in force.
+_THROTTLE_FACTOR_UNIT = _Unit("throttle factors", PPM_SCALE, 6)
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """A temporary overlay on the rules file, at one scope (see the module docstring).
+
+    ``limits`` maps rules-file keys to values exactly as the TOML parser would give them for
+    the file: integers, Decimals, decimal strings (``"2.5"``), ``"unlimited"``, and for
+    ``order_rate_limit`` a table ``{"orders": N, "window_ms": M}``. The keys allowed are
+    those of ``[accounts.A.limits]`` for an account, of ``[accounts.A.symbols.S]`` for an
+    account and symbol, and of ``[strategies.S]`` for a strategy.
+
+    ``throttle_factor`` (a decimal in (0, 1], at most 6 decimal places) scales the
+    ``order_rate_limit`` the account or strategy resolves to (the file's, or an earlier
+    override's): ``orders`` becomes ``max(1, floor(orders x factor))`` over the same window.
+    Each setting takes precedence at its own scope only (an account override does not beat
+    the file's ``[accounts.A.symbols.S]`` for that symbol, and instrument caps still apply);
+    among overrides, a later one in the sequence wins.
+    """
+
+    override_id: str
+    limits: Mapping[str, Any] = field(default_factory=dict)
+    account: str | None = None
+    symbol: str | None = None
+    strategy: str | None = None
+    throttle_factor: Decimal | int | str | None = None
+
+    @property
+    def source(self) -> str:
+        """How errors name the override (the ``source`` of a RulesError)."""
+        return f"override {self.override_id}"
+
+    @property
+    def path(self) -> str:
+        """``overrides.<id>``: the prefix of the rule paths of its settings."""
+        return _key_path(OVERRIDES_PATH, self.override_id)
+
 
 # ---------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------
-def load_rules(path: str | os.PathLike, interner: Interner | None = None) -> CompiledRules:
+def load_rules(
+    path: str | os.PathLike, interner: Interner | None = None, overrides: Sequence[LimitOverride] = ()
+) -> CompiledRules:
     """Read and compile the rules file at ``path`` (see :func:`compile_rules`).
 
     The file must be UTF-8 (a leading byte-order mark is tolerated); a file that cannot be
@@ -176,18 +231,22 @@ def load_rules(path: str | os.PathLike, interner: Interner | None = None) -> Com
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise RulesSyntaxError(source, line, column, "the rules file is not valid UTF-8") from exc
-    return compile_rules(text, source, interner)
+    return compile_rules(text, source, interner, overrides)
 
 
-def compile_rules(text: str, source: str, interner: Interner | None = None) -> CompiledRules:
+def compile_rules(
+    text: str, source: str, interner: Interner | None = None, overrides: Sequence[LimitOverride] = ()
+) -> CompiledRules:
     """Compile rules ``text`` (TOML); ``source`` names it in messages and in the result.
 
     With ``interner``, ids are kept stable across reloads: known names keep their ids and
-    new names are appended (in sorted order), and only once the whole text is valid. Raises
-    a :class:`~fastpath.errors.RulesError` subclass for the first problem found.
+    new names are appended (in sorted order), and only once the whole text is valid.
+    ``overrides`` are applied on top, in order (see :class:`LimitOverride`); they are
+    validated after the text. Raises a :class:`~fastpath.errors.RulesError` subclass for
+    the first problem found (for an override, its ``source`` is ``"override <id>"``).
     """
     document = _parse_toml(text, source)
-    parsed = _Parser(source).parse(document)
+    parsed = _apply_overrides(_Parser(source).parse(document), overrides)
 
     interner = interner if interner is not None else Interner()
     for name in sorted(parsed.accounts):
@@ -556,6 +615,95 @@ class _Parser:
             scope[symbol] = Restriction(sides_mask=sides_mask, path=path, reason=reason)
         return firm_wide, per_account
 
+    # -- overrides ---------------------------------------------------------------------
+    def _override(self, override: LimitOverride, parsed: _ParsedRules | None) -> tuple[_LimitSet, int | None]:
+        """The override's validated settings and throttle factor (ppm, or None), checked in
+        the order of the file's own checks: the id, the scope (exactly one of account or
+        strategy; a symbol only with an account; names declared when ``parsed`` is given),
+        unknown keys, values, then the throttle factor."""
+        path = override.path
+        self._check_name(override.override_id, path, "override id")
+        allowed = self._override_scope(override, parsed)
+        limits = dict(override.limits) if isinstance(override.limits, Mapping) else override.limits
+        settings = self._limit_set(limits, path, allowed)
+        throttle = self._throttle_factor(override, settings)
+        if not limits and throttle is None:
+            raise InvalidValueError(self.source, path, limits, "an override sets at least one limit or a throttle factor")
+        return settings, throttle
+
+    def _override_scope(self, override: LimitOverride, parsed: _ParsedRules | None) -> tuple[str, ...]:
+        """Check the override's scope (and, given ``parsed``, that its names are declared);
+        return the limit keys allowed there."""
+        path = override.path
+        if override.account is not None and override.strategy is not None:
+            raise InvalidValueError(
+                self.source, f"{path}.strategy", override.strategy, "an override names an account or a strategy, not both"
+            )
+        if override.account is None and override.strategy is None:
+            raise MissingKeyError(self.source, f"{path}.account", "an override names an account or a strategy")
+        if override.strategy is not None:
+            if override.symbol is not None:
+                raise InvalidValueError(
+                    self.source, f"{path}.symbol", override.symbol, "a symbol override also names its account"
+                )
+            self._declared_override_name(override.strategy, f"{path}.strategy", parsed and parsed.strategies)
+            return _STRATEGY_KEYS
+        self._declared_override_name(override.account, f"{path}.account", parsed and parsed.accounts)
+        if override.symbol is None:
+            return _ACCOUNT_LIMIT_KEYS
+        self._declared_override_name(override.symbol, f"{path}.symbol", parsed and parsed.symbols)
+        return _PER_SYMBOL_KEYS
+
+    def _declared_override_name(self, name: Any, path: str, declared: dict[str, Any] | None) -> None:
+        """``name`` must be a string, and declared in ``declared`` when that is given."""
+        kind = path.rpartition(".")[2]
+        if not isinstance(name, str):
+            raise InvalidValueError(self.source, path, name, f"expected the name of a declared {kind}")
+        if declared is not None and name not in declared:
+            section = {"account": "accounts", "symbol": "symbols", "strategy": "strategies"}[kind]
+            raise UndeclaredNameError(self.source, path, name, f"{kind} is not declared in [{section}]")
+
+    def _throttle_factor(self, override: LimitOverride, settings: _LimitSet) -> int | None:
+        """The throttle factor in ppm (1 to 1_000_000), or None when there is none."""
+        raw = override.throttle_factor
+        if raw is None:
+            return None
+        path = _key_path(override.path, _THROTTLE_FACTOR)
+        if override.symbol is not None:
+            raise InvalidValueError(
+                self.source, path, raw, "order rates are per account or strategy; a throttle names no symbol"
+            )
+        if settings.order_rate_limit is not None:
+            raise InvalidValueError(
+                self.source, path, raw, f"set either {_ORDER_RATE_LIMIT} or a throttle factor, not both"
+            )
+        factor = self._number(raw, path, _THROTTLE_FACTOR_UNIT, positive=True)
+        if factor > PPM_SCALE:
+            raise InvalidValueError(self.source, path, raw, "a throttle factor is at most 1 (it only lowers the rate)")
+        return factor
+
+    def _throttled(
+        self, base: RateLimit | None, factor_ppm: int, override: LimitOverride, scope: str
+    ) -> RateLimit:
+        """``base`` scaled by the factor, reported under ``overrides.<id>.order_rate_limit``."""
+        path = _key_path(override.path, _THROTTLE_FACTOR)
+        if base is None:
+            raise InvalidValueError(
+                self.source,
+                path,
+                override.throttle_factor,
+                f"no {_ORDER_RATE_LIMIT} resolves for {scope}, so there is nothing to scale; set one explicitly",
+            )
+        if base.orders == LIMIT_UNLIMITED:
+            raise InvalidValueError(
+                self.source,
+                path,
+                override.throttle_factor,
+                f"the {_ORDER_RATE_LIMIT} of {scope} is {UNLIMITED!r}; set an explicit {_ORDER_RATE_LIMIT} instead",
+            )
+        orders = max(1, base.orders * factor_ppm // PPM_SCALE)
+        return RateLimit(orders=orders, window_ns=base.window_ns, path=_key_path(override.path, _ORDER_RATE_LIMIT))
+
     # -- building blocks ---------------------------------------------------------------
     def _table(self, raw: Any, path: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
         """``raw`` as a table whose keys are all in ``allowed`` (any key when None: the
@@ -737,6 +885,60 @@ class _Parser:
                 raise InvalidValueError(self.source, key_path, side_name, "side is listed twice")
             mask |= side_bit(side)
         return mask
+
+
+# ---------------------------------------------------------------------------------------
+# Overrides: the run-time overlay
+# ---------------------------------------------------------------------------------------
+def check_override(override: LimitOverride) -> None:
+    """Validate an override as far as it can be without a rules file: its id, the shape of
+    its scope, its keys and values, its throttle factor. Raises the RulesError that
+    :func:`compile_rules` would raise for it, except for names the file must declare and
+    for throttling a rate that is unset or unlimited there."""
+    _Parser(override.source)._override(override, None)
+
+
+def _apply_overrides(parsed: _ParsedRules, overrides: Sequence[LimitOverride]) -> _ParsedRules:
+    """``parsed`` with every override folded into the model at its scope, in order."""
+    if not overrides:
+        return parsed
+    accounts = dict(parsed.accounts)
+    strategies = dict(parsed.strategies)
+    seen_ids: set[str] = set()
+    for override in overrides:
+        parser = _Parser(override.source)
+        settings, throttle = parser._override(override, parsed)
+        if override.override_id in seen_ids:
+            raise InvalidValueError(
+                override.source, override.path, override.override_id, "override id is used by an earlier override"
+            )
+        seen_ids.add(override.override_id)
+        if override.strategy is not None:
+            strategy = strategies[override.strategy]
+            rate = settings.order_rate_limit
+            if throttle is not None:
+                base = _first_set(strategy.order_rate_limit, parsed.firm.strategy_order_rate_limit)
+                rate = parser._throttled(base, throttle, override, f"strategy {override.strategy!r}")
+            strategies[override.strategy] = replace(strategy, order_rate_limit=rate)
+            continue
+        account = accounts[override.account]
+        if override.symbol is not None:
+            symbol_limits = dict(account.symbol_limits)
+            symbol_limits[override.symbol] = {**symbol_limits.get(override.symbol, {}), **settings.limits}
+            accounts[override.account] = replace(account, symbol_limits=dict(sorted(symbol_limits.items())))
+            continue
+        rate = _first_set(settings.order_rate_limit, account.order_rate_limit)
+        if throttle is not None:
+            base = _first_set(account.order_rate_limit, parsed.firm.order_rate_limit)
+            rate = parser._throttled(base, throttle, override, f"account {override.account!r}")
+        accounts[override.account] = replace(
+            account,
+            limits={**account.limits, **settings.limits},
+            credit_limit=_first_set(settings.credit_limit, account.credit_limit),
+            max_working_orders=_first_set(settings.max_working_orders, account.max_working_orders),
+            order_rate_limit=rate,
+        )
+    return replace(parsed, accounts=accounts, strategies=strategies)
 
 
 # ---------------------------------------------------------------------------------------
