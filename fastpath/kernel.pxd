@@ -3,23 +3,25 @@
 
 Read this file first. ``kernel.pyx`` implements what is declared here; ``kernel.pyi`` is the
 Python-visible surface. The enums mirror ``fastpath/codes.py`` number for number (the
-module exposes them as ``CHECK_CODES``, ``SIDE_CODES``, ... so a test can prove it); C enum
+module exposes them by name in ``ENUMS`` so a test can prove it); C enum
 members share one namespace, hence the prefixes.
 """
 
 from cpython.pythread cimport PyThread_type_lock
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 # ---------------------------------------------------------------------------------------
 # Exact wide arithmetic. Cython has no 128-bit type, so it is told this is a long long;
-# it is never converted to a Python object directly (see ``_int128_to_py``), and every
+# it is never converted to a Python object (values leave through ``saturate``), and every
 # product that needs it casts an operand first: ``<pt_i128>a * b``.
 # ---------------------------------------------------------------------------------------
 cdef extern from *:
     """
     typedef __int128 pt_i128;
+    typedef unsigned __int128 pt_u128;
     """
     ctypedef long long pt_i128
+    ctypedef unsigned long long pt_u128
 
 # ---------------------------------------------------------------------------------------
 # Enums of fastpath/codes.py (identical numeric values).
@@ -54,9 +56,10 @@ cdef enum Check:
     CHECK_SELF_MATCH_PREVENTED = 26
     CHECK_STATE_CAPACITY_EXHAUSTED = 27
     CHECK_INTERNAL_ERROR = 28
+    CHECK_HALT_STATE_UNAVAILABLE = 29
 
 cdef enum:
-    N_CHECKS = 29
+    N_CHECKS = 30
     N_LIMIT_KINDS = 6
     #: Accepted orders whose content each account x symbol remembers (a power of two:
     #: the ring index wraps with a mask).
@@ -111,50 +114,87 @@ cdef enum MissingLimit:
     MISSING_STRATEGY_ORDER_RATE = 1 << 8
 
 # ---------------------------------------------------------------------------------------
-# State layout. Each array of records is a numpy uint8 block owned by the kernel and read
-# through a typed pointer; records of one id sit together so an order touches few lines.
+# Record layout. Rules and state are arrays of fixed-size records, one per id (or pair, or
+# order slot), in numpy blocks owned by the kernel, aligned to 64 bytes and read through
+# typed pointers. Sizes are whole cache lines (or halves), so one order touches few lines
+# and ``check_batch`` can prefetch them for the orders ahead.
 # ---------------------------------------------------------------------------------------
-cdef struct AccountState:
-    int64_t working_notional  # micros reserved by working orders (never exceeds the credit limit)
+cdef struct AccountRule:  # 128 bytes: one account's row of every account table
+    int64_t limits[N_LIMIT_KINDS]  # accounts.A.limits, else firm.limits, else UNSET
+    int64_t credit_limit
+    int64_t max_working
+    int64_t rate_orders
+    int64_t rate_window_ns
+    int64_t dup_window_ns
+    int32_t limit_paths[N_LIMIT_KINDS]
+    int32_t credit_path
+    int32_t max_working_path
+    int32_t rate_path
+    uint8_t active
+    uint8_t self_match
+
+cdef struct SymbolRule:  # 128 bytes: one symbol's row of every symbol table
+    int64_t limits[N_LIMIT_KINDS]  # instrument caps
+    int64_t tick
+    int64_t lot
+    int64_t multiplier
+    int64_t max_ref_age_ns
+    int32_t limit_paths[N_LIMIT_KINDS]
+    int32_t tick_path
+    int32_t lot_path
+    int32_t max_ref_age_path
+    int32_t restricted_path
+    uint8_t active
+    uint8_t restricted_sides
+
+cdef struct StrategyRule:  # 32 bytes
+    int64_t rate_orders
+    int64_t rate_window_ns
+    int32_t rate_path
+    uint8_t active
+
+cdef struct AccountState:  # 64 bytes
+    int64_t working_notional  # micros reserved by working orders (never above the credit limit)
     int64_t filled_notional  # micros filled in this credit period (saturating)
     int64_t working_count
     int64_t rate_tokens  # token-nanoseconds; -1 = never charged (full)
     int64_t rate_last_ns
     uint8_t trading_state
+    uint8_t padding[23]  # to one cache line
 
-cdef struct StrategyState:
+cdef struct StrategyState:  # 32 bytes
     int64_t rate_tokens
     int64_t rate_last_ns
     uint8_t trading_state
+    uint8_t padding[15]
 
-cdef struct SymbolState:
+cdef struct SymbolState:  # 32 bytes
     int64_t reference_price  # nanos; <= 0 = none
     int64_t reference_ts_ns
     uint8_t trading_state
+    uint8_t padding[15]
 
-cdef struct RecentOrder:
-    int64_t qty
-    int64_t price  # 0 for a market order
-    int64_t accepted_ns
-    int8_t side
-    int8_t order_type
-
-cdef struct PositionState:
+cdef struct PositionState:  # 128 bytes: one account x symbol pair
     int64_t position  # signed qty nanos from fills (saturating)
     # Working quantities fit uint64: an accept needs position + working_buy + qty <= a limit
     # <= INT64_MAX with position >= INT64_MIN (and symmetrically for sells).
     uint64_t working_buy
     uint64_t working_sell
     int32_t first_order  # head of this pair's doubly-linked list of working slots, -1 empty
-    int32_t recent_count  # entries of ``recent`` in use (<= CONTENT_MEMORY_PER_POSITION)
-    int32_t recent_next  # ring index the next accepted order is written to
-    RecentOrder recent[CONTENT_MEMORY_PER_POSITION]
+    uint8_t recent_count  # entries of the content ring in use (<= CONTENT_MEMORY_PER_POSITION)
+    uint8_t recent_next  # ring index the next accepted order is written to
+    # The content ring of the last accepted orders: side | order_type << 2 in one nibble per
+    # entry (both fit two bits), then quantity, price (0 for market) and accept time.
+    uint16_t recent_kinds
+    int64_t recent_qty[CONTENT_MEMORY_PER_POSITION]
+    int64_t recent_price[CONTENT_MEMORY_PER_POSITION]
+    int64_t recent_accepted_ns[CONTENT_MEMORY_PER_POSITION]
 
 cdef struct PositionSlot:  # open-addressing table: pair key -> dense position index
     int64_t key  # account_id << 32 | symbol_id; -1 = empty
     int64_t index
 
-cdef struct OrderSlot:
+cdef struct OrderSlot:  # 64 bytes
     int64_t remaining  # qty nanos still working
     int64_t reserve_price  # limit price, or the reference price of a market order
     int64_t cross_price  # limit price, or INT64_MAX (buy) / 0 (sell) for a market order
@@ -191,7 +231,8 @@ cdef struct Verdict:  # where the core writes a decision's failures
 
 
 cdef class RuleView:
-    """Typed, validated views of one ``RuleTables``; immutable once built."""
+    """Typed, validated views of one ``RuleTables``, plus its per-id rows packed into
+    records; immutable once built."""
 
     cdef readonly object rules  # the CompiledRules the views read
     cdef readonly Py_ssize_t n_accounts
@@ -235,6 +276,14 @@ cdef class RuleView:
     cdef const int32_t[:, ::1] override_limit_paths
     cdef const uint8_t[::1] override_restricted_sides
     cdef const int32_t[::1] override_restricted_path
+
+    # The account, symbol and strategy rows above, one record per id (what the core reads).
+    cdef object account_block
+    cdef AccountRule* accounts
+    cdef object symbol_block
+    cdef SymbolRule* symbols
+    cdef object strategy_block
+    cdef StrategyRule* strategies
 
     cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil
 
@@ -306,12 +355,15 @@ cdef class Kernel:
                         pt_i128 strategy_level) noexcept nogil
     cdef OrderSlot* working_slot(self, int64_t handle) noexcept nogil
     cdef void end_order(self, int32_t slot) noexcept nogil
+    cdef void prefetch_order(self, RuleView view, int64_t account_id, int64_t symbol_id,
+                             int64_t client_order_key) noexcept nogil
+    cdef void prefetch_position(self, int64_t account_id, int64_t symbol_id) noexcept nogil
     cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil
     cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil
     cdef bint remembers(self, int64_t client_order_key) noexcept nogil
     cdef void remember(self, int64_t client_order_key) noexcept nogil
     cdef void forget(self, int64_t client_order_key) noexcept nogil
-    cdef void lock_state(self)
+    cdef void lock_state(self) noexcept
     cdef void unlock_state(self) noexcept nogil
     cdef void grow_accounts(self, Py_ssize_t needed)
     cdef void grow_strategies(self, Py_ssize_t needed)

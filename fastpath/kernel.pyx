@@ -25,7 +25,7 @@ from cpython.pythread cimport (
     PyThread_free_lock,
     PyThread_release_lock,
 )
-from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 import numpy as np
@@ -38,101 +38,118 @@ from fastpath.reference import DEFAULT_CLIENT_ORDER_ID_MEMORY, DEFAULT_MAX_ORDER
 cdef enum:
     NO_PATH = -1
     HANDLE_SLOT_BITS = 32
+    CACHE_LINE = 64
+    #: Orders ahead of the current one whose rule and state records check_batch prefetches
+    #: (their position record is prefetched half as far ahead, once its table slot is in).
+    PREFETCH_DISTANCE = 8
 
-cdef int64_t LIMIT_UNSET = -1
-cdef int64_t LIMIT_UNLIMITED = INT64_MAX
-cdef int64_t PPM_SCALE = 1000000
-cdef int64_t PRICE_SCALE = 1000000000
-cdef int64_t NANOS_PER_NOTIONAL_MICRO_SQUARED = 1000000000000  # PRICE_SCALE ** 2 // NOTIONAL_SCALE
-cdef uint64_t HANDLE_SLOT_MASK = 0xFFFFFFFF
-cdef uint32_t GENERATION_MASK = 0x7FFFFFFF  # handles stay positive int64
-cdef int64_t MAX_INDEXED_ID = 0x7FFFFFFF  # ids are int32 in batches and in pair keys
-cdef uint64_t STAGE_A_MASK = (
-    (1 << CHECK_INVALID_SIDE) | (1 << CHECK_INVALID_ORDER_TYPE) | (1 << CHECK_INVALID_QUANTITY)
-    | (1 << CHECK_INVALID_PRICE) | (1 << CHECK_UNKNOWN_ACCOUNT) | (1 << CHECK_UNKNOWN_SYMBOL)
-    | (1 << CHECK_UNKNOWN_STRATEGY)
-)
+# Compile-time constants (C macros, so divisions by them become multiplications).
+cdef extern from *:
+    """
+    #define PT_PREFETCH(address) __builtin_prefetch((const void *)(address), 1, 3)
+    #define PT_LIMIT_UNSET ((int64_t)-1)
+    #define PT_LIMIT_UNLIMITED INT64_MAX
+    #define PT_PPM_SCALE ((int64_t)1000000)
+    #define PT_PRICE_SCALE ((int64_t)1000000000)
+    #define PT_NANOS_PER_NOTIONAL_MICRO_SQUARED ((int64_t)1000000000000)
+    #define PT_HANDLE_SLOT_MASK ((uint64_t)0xFFFFFFFF)
+    #define PT_GENERATION_MASK ((uint32_t)0x7FFFFFFF)
+    #define PT_MAX_INDEXED_ID ((int64_t)0x7FFFFFFF)
+    """
+    void PT_PREFETCH(const void* address) noexcept nogil
+    const int64_t LIMIT_UNSET "PT_LIMIT_UNSET"
+    const int64_t LIMIT_UNLIMITED "PT_LIMIT_UNLIMITED"
+    const int64_t PPM_SCALE "PT_PPM_SCALE"
+    const int64_t PRICE_SCALE "PT_PRICE_SCALE"
+    const int64_t NANOS_PER_NOTIONAL_MICRO_SQUARED "PT_NANOS_PER_NOTIONAL_MICRO_SQUARED"  # 1e9 ** 2 / 1e6
+    const uint64_t HANDLE_SLOT_MASK "PT_HANDLE_SLOT_MASK"
+    const uint32_t GENERATION_MASK "PT_GENERATION_MASK"  # handles stay positive int64
+    const int64_t MAX_INDEXED_ID "PT_MAX_INDEXED_ID"  # ids are int32 in batches and in pair keys
 
-#: The C enums of kernel.pxd by codes.py name; tests compare them with fastpath.codes.
-CHECK_CODES = {
-    "INVALID_SIDE": CHECK_INVALID_SIDE,
-    "INVALID_ORDER_TYPE": CHECK_INVALID_ORDER_TYPE,
-    "INVALID_QUANTITY": CHECK_INVALID_QUANTITY,
-    "INVALID_PRICE": CHECK_INVALID_PRICE,
-    "UNKNOWN_ACCOUNT": CHECK_UNKNOWN_ACCOUNT,
-    "UNKNOWN_SYMBOL": CHECK_UNKNOWN_SYMBOL,
-    "UNKNOWN_STRATEGY": CHECK_UNKNOWN_STRATEGY,
-    "PRICE_OFF_TICK": CHECK_PRICE_OFF_TICK,
-    "QUANTITY_OFF_LOT": CHECK_QUANTITY_OFF_LOT,
-    "REFERENCE_PRICE_MISSING": CHECK_REFERENCE_PRICE_MISSING,
-    "REFERENCE_PRICE_STALE": CHECK_REFERENCE_PRICE_STALE,
-    "MISSING_LIMIT": CHECK_MISSING_LIMIT,
-    "TRADING_HALTED": CHECK_TRADING_HALTED,
-    "REDUCE_ONLY_VIOLATION": CHECK_REDUCE_ONLY_VIOLATION,
-    "SYMBOL_RESTRICTED": CHECK_SYMBOL_RESTRICTED,
-    "MAX_ORDER_QTY_EXCEEDED": CHECK_MAX_ORDER_QTY_EXCEEDED,
-    "MAX_ORDER_NOTIONAL_EXCEEDED": CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
-    "PRICE_COLLAR_BREACHED": CHECK_PRICE_COLLAR_BREACHED,
-    "CREDIT_LIMIT_EXCEEDED": CHECK_CREDIT_LIMIT_EXCEEDED,
-    "LONG_POSITION_LIMIT_EXCEEDED": CHECK_LONG_POSITION_LIMIT_EXCEEDED,
-    "SHORT_POSITION_LIMIT_EXCEEDED": CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
-    "ACCOUNT_ORDER_RATE_EXCEEDED": CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
-    "STRATEGY_ORDER_RATE_EXCEEDED": CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
-    "DUPLICATE_CLIENT_ORDER_ID": CHECK_DUPLICATE_CLIENT_ORDER_ID,
-    "DUPLICATE_ORDER_CONTENT": CHECK_DUPLICATE_ORDER_CONTENT,
-    "MAX_WORKING_ORDERS_EXCEEDED": CHECK_MAX_WORKING_ORDERS_EXCEEDED,
-    "SELF_MATCH_PREVENTED": CHECK_SELF_MATCH_PREVENTED,
-    "STATE_CAPACITY_EXHAUSTED": CHECK_STATE_CAPACITY_EXHAUSTED,
-    "INTERNAL_ERROR": CHECK_INTERNAL_ERROR,
+#: The C enums of kernel.pxd by fastpath.codes class and member name (tests compare them).
+ENUMS = {
+    "Check": {
+        "INVALID_SIDE": CHECK_INVALID_SIDE,
+        "INVALID_ORDER_TYPE": CHECK_INVALID_ORDER_TYPE,
+        "INVALID_QUANTITY": CHECK_INVALID_QUANTITY,
+        "INVALID_PRICE": CHECK_INVALID_PRICE,
+        "UNKNOWN_ACCOUNT": CHECK_UNKNOWN_ACCOUNT,
+        "UNKNOWN_SYMBOL": CHECK_UNKNOWN_SYMBOL,
+        "UNKNOWN_STRATEGY": CHECK_UNKNOWN_STRATEGY,
+        "PRICE_OFF_TICK": CHECK_PRICE_OFF_TICK,
+        "QUANTITY_OFF_LOT": CHECK_QUANTITY_OFF_LOT,
+        "REFERENCE_PRICE_MISSING": CHECK_REFERENCE_PRICE_MISSING,
+        "REFERENCE_PRICE_STALE": CHECK_REFERENCE_PRICE_STALE,
+        "MISSING_LIMIT": CHECK_MISSING_LIMIT,
+        "TRADING_HALTED": CHECK_TRADING_HALTED,
+        "REDUCE_ONLY_VIOLATION": CHECK_REDUCE_ONLY_VIOLATION,
+        "SYMBOL_RESTRICTED": CHECK_SYMBOL_RESTRICTED,
+        "MAX_ORDER_QTY_EXCEEDED": CHECK_MAX_ORDER_QTY_EXCEEDED,
+        "MAX_ORDER_NOTIONAL_EXCEEDED": CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
+        "PRICE_COLLAR_BREACHED": CHECK_PRICE_COLLAR_BREACHED,
+        "CREDIT_LIMIT_EXCEEDED": CHECK_CREDIT_LIMIT_EXCEEDED,
+        "LONG_POSITION_LIMIT_EXCEEDED": CHECK_LONG_POSITION_LIMIT_EXCEEDED,
+        "SHORT_POSITION_LIMIT_EXCEEDED": CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
+        "ACCOUNT_ORDER_RATE_EXCEEDED": CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
+        "STRATEGY_ORDER_RATE_EXCEEDED": CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
+        "DUPLICATE_CLIENT_ORDER_ID": CHECK_DUPLICATE_CLIENT_ORDER_ID,
+        "DUPLICATE_ORDER_CONTENT": CHECK_DUPLICATE_ORDER_CONTENT,
+        "MAX_WORKING_ORDERS_EXCEEDED": CHECK_MAX_WORKING_ORDERS_EXCEEDED,
+        "SELF_MATCH_PREVENTED": CHECK_SELF_MATCH_PREVENTED,
+        "STATE_CAPACITY_EXHAUSTED": CHECK_STATE_CAPACITY_EXHAUSTED,
+        "INTERNAL_ERROR": CHECK_INTERNAL_ERROR,
+        "HALT_STATE_UNAVAILABLE": CHECK_HALT_STATE_UNAVAILABLE,
+    },
+    "Side": {
+        "UNSPECIFIED": SIDE_UNSPECIFIED,
+        "BUY": SIDE_BUY,
+        "SELL": SIDE_SELL,
+        "SELL_SHORT": SIDE_SELL_SHORT,
+    },
+    "OrderType": {
+        "UNSPECIFIED": ORDER_TYPE_UNSPECIFIED,
+        "LIMIT": ORDER_TYPE_LIMIT,
+        "MARKET": ORDER_TYPE_MARKET,
+    },
+    "TradingState": {
+        "ACTIVE": TRADING_STATE_ACTIVE,
+        "REDUCING": TRADING_STATE_REDUCING,
+        "HALTED": TRADING_STATE_HALTED,
+    },
+    "Scope": {
+        "FIRM": SCOPE_FIRM,
+        "ACCOUNT": SCOPE_ACCOUNT,
+        "STRATEGY": SCOPE_STRATEGY,
+        "SYMBOL": SCOPE_SYMBOL,
+    },
+    "ExecStatus": {
+        "OK": EXEC_OK,
+        "UNKNOWN_ORDER": EXEC_UNKNOWN_ORDER,
+        "OVERFILL": EXEC_OVERFILL,
+        "INVALID_QUANTITY": EXEC_INVALID_QUANTITY,
+        "INVALID_PRICE": EXEC_INVALID_PRICE,
+    },
+    "LimitKind": {
+        "MAX_ORDER_QTY": LIMIT_KIND_MAX_ORDER_QTY,
+        "MAX_ORDER_NOTIONAL": LIMIT_KIND_MAX_ORDER_NOTIONAL,
+        "MAX_LONG_POSITION": LIMIT_KIND_MAX_LONG_POSITION,
+        "MAX_SHORT_POSITION": LIMIT_KIND_MAX_SHORT_POSITION,
+        "PRICE_COLLAR_PPM": LIMIT_KIND_PRICE_COLLAR_PPM,
+        "PRICE_COLLAR_TICKS": LIMIT_KIND_PRICE_COLLAR_TICKS,
+    },
+    "MissingLimit": {
+        "MAX_ORDER_QTY": MISSING_MAX_ORDER_QTY,
+        "MAX_ORDER_NOTIONAL": MISSING_MAX_ORDER_NOTIONAL,
+        "MAX_LONG_POSITION": MISSING_MAX_LONG_POSITION,
+        "MAX_SHORT_POSITION": MISSING_MAX_SHORT_POSITION,
+        "PRICE_COLLAR": MISSING_PRICE_COLLAR,
+        "CREDIT_LIMIT": MISSING_CREDIT_LIMIT,
+        "MAX_WORKING_ORDERS": MISSING_MAX_WORKING_ORDERS,
+        "ACCOUNT_ORDER_RATE": MISSING_ACCOUNT_ORDER_RATE,
+        "STRATEGY_ORDER_RATE": MISSING_STRATEGY_ORDER_RATE,
+    },
 }
-SIDE_CODES = {
-    "UNSPECIFIED": SIDE_UNSPECIFIED,
-    "BUY": SIDE_BUY,
-    "SELL": SIDE_SELL,
-    "SELL_SHORT": SIDE_SELL_SHORT,
-}
-ORDER_TYPE_CODES = {
-    "UNSPECIFIED": ORDER_TYPE_UNSPECIFIED,
-    "LIMIT": ORDER_TYPE_LIMIT,
-    "MARKET": ORDER_TYPE_MARKET,
-}
-TRADING_STATE_CODES = {
-    "ACTIVE": TRADING_STATE_ACTIVE,
-    "REDUCING": TRADING_STATE_REDUCING,
-    "HALTED": TRADING_STATE_HALTED,
-}
-SCOPE_CODES = {
-    "FIRM": SCOPE_FIRM,
-    "ACCOUNT": SCOPE_ACCOUNT,
-    "STRATEGY": SCOPE_STRATEGY,
-    "SYMBOL": SCOPE_SYMBOL,
-}
-EXEC_STATUS_CODES = {
-    "OK": EXEC_OK,
-    "UNKNOWN_ORDER": EXEC_UNKNOWN_ORDER,
-    "OVERFILL": EXEC_OVERFILL,
-    "INVALID_QUANTITY": EXEC_INVALID_QUANTITY,
-    "INVALID_PRICE": EXEC_INVALID_PRICE,
-}
-LIMIT_KIND_CODES = {
-    "MAX_ORDER_QTY": LIMIT_KIND_MAX_ORDER_QTY,
-    "MAX_ORDER_NOTIONAL": LIMIT_KIND_MAX_ORDER_NOTIONAL,
-    "MAX_LONG_POSITION": LIMIT_KIND_MAX_LONG_POSITION,
-    "MAX_SHORT_POSITION": LIMIT_KIND_MAX_SHORT_POSITION,
-    "PRICE_COLLAR_PPM": LIMIT_KIND_PRICE_COLLAR_PPM,
-    "PRICE_COLLAR_TICKS": LIMIT_KIND_PRICE_COLLAR_TICKS,
-}
-MISSING_LIMIT_BITS = {
-    "MAX_ORDER_QTY": MISSING_MAX_ORDER_QTY,
-    "MAX_ORDER_NOTIONAL": MISSING_MAX_ORDER_NOTIONAL,
-    "MAX_LONG_POSITION": MISSING_MAX_LONG_POSITION,
-    "MAX_SHORT_POSITION": MISSING_MAX_SHORT_POSITION,
-    "PRICE_COLLAR": MISSING_PRICE_COLLAR,
-    "CREDIT_LIMIT": MISSING_CREDIT_LIMIT,
-    "MAX_WORKING_ORDERS": MISSING_MAX_WORKING_ORDERS,
-    "ACCOUNT_ORDER_RATE": MISSING_ACCOUNT_ORDER_RATE,
-    "STRATEGY_ORDER_RATE": MISSING_STRATEGY_ORDER_RATE,
-}
+
 #: Scalar constants the kernel is compiled with, by fastpath.codes / reference name.
 CONSTANTS = {
     "N_CHECKS": N_CHECKS,
@@ -141,7 +158,6 @@ CONSTANTS = {
     "LIMIT_UNLIMITED": LIMIT_UNLIMITED,
     "PPM_SCALE": PPM_SCALE,
     "PRICE_SCALE": PRICE_SCALE,
-    "STAGE_A_MASK": STAGE_A_MASK,
     "CONTENT_MEMORY_PER_POSITION": CONTENT_MEMORY_PER_POSITION,
 }
 
@@ -166,20 +182,35 @@ cdef inline pt_i128 ceil_div(pt_i128 numerator, int64_t denominator) noexcept no
     return quotient
 
 
-cdef inline pt_i128 floor_div(pt_i128 numerator, int64_t denominator) noexcept nogil:
-    """Python's ``n // d`` for ``d > 0``."""
-    cdef pt_i128 quotient = numerator / denominator
-    if numerator < 0 and quotient * denominator != numerator:
-        quotient -= 1
-    return quotient
+cdef inline pt_u128 mul_div(uint64_t a, uint64_t b, uint64_t divisor, bint round_up) noexcept nogil:
+    """``a * b / divisor`` rounded down or up, for ``divisor < 2**32``, without a 128-bit
+    division (a library call): with ``a = ah * d + al`` and ``b = bh * d + bl``,
+    ``a * b / d = ah * b + al * bh + al * bl / d`` where only ``al * bl < d**2`` is divided,
+    by a constant once inlined."""
+    cdef uint64_t a_high = a / divisor
+    cdef uint64_t a_low = a % divisor
+    cdef uint64_t b_high = b / divisor
+    cdef uint64_t low_product = a_low * (b % divisor)
+    cdef uint64_t low_quotient = low_product / divisor
+    if round_up and low_quotient * divisor != low_product:
+        low_quotient += 1
+    return <pt_u128>a_high * b + <pt_u128>a_low * b_high + low_quotient
 
 
 cdef inline int64_t notional_micros(int64_t qty, int64_t price, int64_t multiplier) noexcept nogil:
-    """``fixedpoint.notional_micros``: ``ceil(ceil(qty * price / 1e9) * multiplier / 1e12)``."""
-    cdef pt_i128 contract_value = ceil_div(<pt_i128>qty * price, PRICE_SCALE)
-    if contract_value > INT64_MAX:
+    """``fixedpoint.notional_micros``: ``ceil(ceil(qty * price / 1e9) * multiplier / 1e12)``.
+
+    Arguments are >= 0 (the order path and the fills guarantee it; the multiplier is
+    validated >= 1). A multiplier with at most six decimals (a multiple of 1000 nanos, i.e.
+    every real one) makes the second step ``ceil(contract * (multiplier / 1000) / 1e9)``,
+    so both steps take the division-free path; the others divide in 128 bits.
+    """
+    cdef pt_u128 contract_value = mul_div(qty, price, PRICE_SCALE, True)
+    if contract_value > <pt_u128>INT64_MAX:
         return INT64_MAX
-    return saturate(ceil_div(contract_value * multiplier, NANOS_PER_NOTIONAL_MICRO_SQUARED))
+    if multiplier % 1000 == 0:
+        return saturate(mul_div(<uint64_t>contract_value, multiplier // 1000, PRICE_SCALE, True))
+    return saturate(ceil_div(<pt_i128>contract_value * multiplier, NANOS_PER_NOTIONAL_MICRO_SQUARED))
 
 
 cdef inline pt_i128 refill(int64_t tokens, int64_t last_ns, int64_t now_ns, int64_t orders,
@@ -229,13 +260,15 @@ cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price)
 # Memory blocks
 # ---------------------------------------------------------------------------------------
 cdef object zeroed_block(Py_ssize_t count, size_t record_size):
-    """A zeroed numpy byte block for ``count`` records (at least one, so it has an address)."""
-    return np.zeros((count if count > 0 else 1) * record_size, dtype=np.uint8)
+    """A zeroed numpy byte block for ``count`` records (at least one, so it has an
+    address), with room to start them on a cache line (see :func:`block_address`)."""
+    return np.zeros((count if count > 0 else 1) * record_size + CACHE_LINE, dtype=np.uint8)
 
 
 cdef void* block_address(object block) except NULL:
+    """The first cache-line boundary in a block from :func:`zeroed_block`."""
     cdef uint8_t[::1] raw = block
-    return <void*>&raw[0]
+    return <void*>((<size_t>&raw[0] + CACHE_LINE - 1) & ~(<size_t>CACHE_LINE - 1))
 
 
 cdef Py_ssize_t power_of_two_at_least(Py_ssize_t wanted):
@@ -280,13 +313,21 @@ _PER_KIND_ARRAYS = frozenset({
 cdef class RuleView:
     """Typed views of every ``RuleTables`` array, built once per install.
 
-    The kernel indexes these without bounds checks, so construction checks what its
-    safety rests on: one row per id in every array of a scope, ``N_LIMIT_KINDS`` columns
-    in the limit tables, strictly increasing override keys (binary search), and non-zero
-    divisors (tick, lot, a configured rate's order count) for every declared id. The
-    rules compiler guarantees all of it; a violation here raises ``ValueError`` at install
-    instead of corrupting memory or dividing by zero on the order path. Dtypes and
-    C-contiguity are checked by the typed memoryviews themselves.
+    An order reads some twenty values of its account and as many of its symbol; spread over
+    the tables' two dozen arrays that is two dozen cache lines, which at 10 000 accounts
+    and symbols are mostly misses. So the view also packs each account's, symbol's and
+    strategy's row of every table into one record (:c:type:`AccountRule`,
+    :c:type:`SymbolRule`, :c:type:`StrategyRule`: two lines, two lines, half a line), and
+    the core reads those; the override tables are read in place (binary search).
+
+    The kernel indexes all of this without bounds checks, so construction checks what its
+    safety and arithmetic rest on: one row per id in every array of a scope,
+    ``N_LIMIT_KINDS`` columns in the limit tables, strictly increasing override keys,
+    limits that are ``LIMIT_UNSET`` or >= 0, and for every declared id a tick, lot and
+    multiplier >= 1 and a configured order rate of >= 1 order (divisors on the order path).
+    The rules compiler guarantees all of it; a violation raises ``ValueError`` at install
+    instead of corrupting memory or dividing by zero later. Dtypes and C-contiguity are
+    checked by the typed memoryviews themselves.
     """
 
     def __init__(self, rules):
@@ -299,6 +340,9 @@ cdef class RuleView:
                 expected = (rows, N_LIMIT_KINDS) if name in _PER_KIND_ARRAYS else (rows,)
                 if shape != expected:
                     raise ValueError(f"{rules.source}: RuleTables.{name} has shape {shape}, expected {expected}")
+        for name in ("account_limits", "symbol_limits", "override_limits"):
+            if np.any(getattr(tables, name) < LIMIT_UNSET):
+                raise ValueError(f"{rules.source}: RuleTables.{name} holds a negative limit")
 
         self.account_active = tables.account_active
         self.account_limits = tables.account_limits
@@ -341,22 +385,69 @@ cdef class RuleView:
         self.n_symbols = self.symbol_active.shape[0]
         self.n_strategies = self.strategy_active.shape[0]
         self.n_overrides = self.override_keys.shape[0]
-        if self.n_accounts > MAX_INDEXED_ID or self.n_symbols > MAX_INDEXED_ID or self.n_strategies > MAX_INDEXED_ID:
+        if max(self.n_accounts, self.n_symbols, self.n_strategies) > MAX_INDEXED_ID:
             raise ValueError(f"{rules.source}: more than 2**31 - 1 ids in one scope")
-        self._check_divisors()
+        self._pack_records()
 
-    def _check_divisors(self):
+    def _pack_records(self):
         cdef Py_ssize_t i
+        cdef int kind
+        cdef AccountRule* account
+        cdef SymbolRule* symbol
+        cdef StrategyRule* strategy
         source = self.rules.source
-        for i in range(self.n_symbols):
-            if self.symbol_active[i] and (self.symbol_tick[i] < 1 or self.symbol_lot[i] < 1):
-                raise ValueError(f"{source}: symbol id {i} has a tick or lot size < 1 nano")
+
+        self.account_block = zeroed_block(self.n_accounts, sizeof(AccountRule))
+        self.accounts = <AccountRule*>block_address(self.account_block)
         for i in range(self.n_accounts):
-            if self.account_active[i] and rate_applies(self.account_rate_orders[i]) and self.account_rate_orders[i] < 1:
+            account = &self.accounts[i]
+            for kind in range(N_LIMIT_KINDS):
+                account.limits[kind] = self.account_limits[i, kind]
+                account.limit_paths[kind] = self.account_limit_paths[i, kind]
+            account.credit_limit = self.account_credit_limit[i]
+            account.credit_path = self.account_credit_path[i]
+            account.max_working = self.account_max_working[i]
+            account.max_working_path = self.account_max_working_path[i]
+            account.rate_orders = self.account_rate_orders[i]
+            account.rate_window_ns = self.account_rate_window_ns[i]
+            account.rate_path = self.account_rate_path[i]
+            account.dup_window_ns = self.account_dup_window_ns[i]
+            account.self_match = self.account_self_match[i]
+            account.active = self.account_active[i]
+            if account.active and rate_applies(account.rate_orders) and account.rate_orders < 1:
                 raise ValueError(f"{source}: account id {i} has an order rate of < 1 order")
+
+        self.symbol_block = zeroed_block(self.n_symbols, sizeof(SymbolRule))
+        self.symbols = <SymbolRule*>block_address(self.symbol_block)
+        for i in range(self.n_symbols):
+            symbol = &self.symbols[i]
+            for kind in range(N_LIMIT_KINDS):
+                symbol.limits[kind] = self.symbol_limits[i, kind]
+                symbol.limit_paths[kind] = self.symbol_limit_paths[i, kind]
+            symbol.tick = self.symbol_tick[i]
+            symbol.tick_path = self.symbol_tick_path[i]
+            symbol.lot = self.symbol_lot[i]
+            symbol.lot_path = self.symbol_lot_path[i]
+            symbol.multiplier = self.symbol_multiplier[i]
+            symbol.max_ref_age_ns = self.symbol_max_ref_age_ns[i]
+            symbol.max_ref_age_path = self.symbol_max_ref_age_path[i]
+            symbol.restricted_sides = self.symbol_restricted_sides[i]
+            symbol.restricted_path = self.symbol_restricted_path[i]
+            symbol.active = self.symbol_active[i]
+            if symbol.active and (symbol.tick < 1 or symbol.lot < 1 or symbol.multiplier < 1):
+                raise ValueError(f"{source}: symbol id {i} has a tick, lot or multiplier < 1 nano")
+
+        self.strategy_block = zeroed_block(self.n_strategies, sizeof(StrategyRule))
+        self.strategies = <StrategyRule*>block_address(self.strategy_block)
         for i in range(self.n_strategies):
-            if self.strategy_active[i] and rate_applies(self.strategy_rate_orders[i]) and self.strategy_rate_orders[i] < 1:
+            strategy = &self.strategies[i]
+            strategy.rate_orders = self.strategy_rate_orders[i]
+            strategy.rate_window_ns = self.strategy_rate_window_ns[i]
+            strategy.rate_path = self.strategy_rate_path[i]
+            strategy.active = self.strategy_active[i]
+            if strategy.active and rate_applies(strategy.rate_orders) and strategy.rate_orders < 1:
                 raise ValueError(f"{source}: strategy id {i} has an order rate of < 1 order")
+
         for i in range(1, self.n_overrides):
             if self.override_keys[i] <= self.override_keys[i - 1]:
                 raise ValueError(f"{source}: RuleTables.override_keys is not strictly increasing")
@@ -501,7 +592,7 @@ cdef class Kernel:
         self.install_rules(rules)
 
     # -- the state lock -----------------------------------------------------------------
-    cdef void lock_state(self):
+    cdef void lock_state(self) noexcept:
         if not PyThread_acquire_lock(self.state_lock, NOWAIT_LOCK):
             with nogil:
                 PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
@@ -772,6 +863,17 @@ cdef class Kernel:
         self.lock_state()
         with nogil:
             for i in range(n):
+                if i + PREFETCH_DISTANCE < n:
+                    self.prefetch_order(
+                        view,
+                        account_column[i + PREFETCH_DISTANCE],
+                        symbol_column[i + PREFETCH_DISTANCE],
+                        key_column[i + PREFETCH_DISTANCE],
+                    )
+                if i + PREFETCH_DISTANCE // 2 < n:
+                    self.prefetch_position(
+                        account_column[i + PREFETCH_DISTANCE // 2], symbol_column[i + PREFETCH_DISTANCE // 2]
+                    )
                 order.account_id = account_column[i]
                 order.symbol_id = symbol_column[i]
                 order.strategy_id = strategy_column[i]
@@ -816,16 +918,21 @@ cdef class Kernel:
             fail(verdict, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
         if order_type == ORDER_TYPE_LIMIT and price <= 0:
             fail(verdict, CHECK_INVALID_PRICE, 0, price, NO_PATH)
-        if account_id < 0 or account_id >= view.n_accounts or not view.account_active[account_id]:
+        if account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active:
             fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
-        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbol_active[symbol_id]:
+        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active:
             fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
-        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategy_active[strategy_id]:
+        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active:
             fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
         if verdict.failed:
             return verdict.failed
 
         # ---- stage B --------------------------------------------------------------------
+        cdef const AccountRule* account_rule = &view.accounts[account_id]
+        cdef const SymbolRule* symbol_rule = &view.symbols[symbol_id]
+        cdef AccountState* account = &self.accounts[account_id]
+        cdef SymbolState* symbol = &self.symbols[symbol_id]
+        cdef StrategyState* strategy = &self.strategies[strategy_id]
         cdef bint is_limit = order_type == ORDER_TYPE_LIMIT
         cdef bint is_buy = side == SIDE_BUY
         cdef int64_t pair_key = account_id << 32 | symbol_id
@@ -840,29 +947,24 @@ cdef class Kernel:
             no_position.working_sell = 0
             no_position.first_order = -1
             no_position.recent_count = 0
-            no_position.recent_next = 0
             pos = &no_position
-        cdef AccountState* account = &self.accounts[account_id]
-        cdef SymbolState* symbol = &self.symbols[symbol_id]
-        cdef StrategyState* strategy = &self.strategies[strategy_id]
 
         # validity against reference data
-        cdef int64_t tick = view.symbol_tick[symbol_id]
-        cdef int64_t lot = view.symbol_lot[symbol_id]
+        cdef int64_t tick = symbol_rule.tick
         if is_limit and price % tick:
-            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, view.symbol_tick_path[symbol_id])
-        if qty % lot:
-            fail(verdict, CHECK_QUANTITY_OFF_LOT, lot, qty, view.symbol_lot_path[symbol_id])
+            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
+        if qty % symbol_rule.lot:
+            fail(verdict, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
 
         # reference price
-        cdef int64_t max_age = view.symbol_max_ref_age_ns[symbol_id]
+        cdef int64_t max_age = symbol_rule.max_ref_age_ns
         cdef int64_t ref_price = symbol.reference_price
         cdef pt_i128 ref_age = <pt_i128>now_ns - symbol.reference_ts_ns
         cdef bint fresh = False
         if ref_price <= 0:
             fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
         elif ref_age > max_age:
-            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, view.symbol_max_ref_age_path[symbol_id])
+            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, symbol_rule.max_ref_age_path)
         else:
             fresh = True
 
@@ -882,33 +984,40 @@ cdef class Kernel:
                 chain = view.override_limits[override, kind]
                 chain_path = view.override_limit_paths[override, kind]
             if chain == LIMIT_UNSET:
-                chain = view.account_limits[account_id, kind]
-                chain_path = view.account_limit_paths[account_id, kind]
-            cap = view.symbol_limits[symbol_id, kind]
+                chain = account_rule.limits[kind]
+                chain_path = account_rule.limit_paths[kind]
+            cap = symbol_rule.limits[kind]
             if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
                 limit[kind] = chain
                 limit_path[kind] = chain_path if chain != LIMIT_UNSET else NO_PATH
             else:
                 limit[kind] = cap
-                limit_path[kind] = view.symbol_limit_paths[symbol_id, kind]
-        cdef int64_t credit = view.account_credit_limit[account_id]
-        cdef int64_t max_working = view.account_max_working[account_id]
-        cdef int64_t account_rate_orders = view.account_rate_orders[account_id]
-        cdef int64_t account_rate_window = view.account_rate_window_ns[account_id]
+                limit_path[kind] = symbol_rule.limit_paths[kind]
+        cdef int64_t qty_limit = limit[<int>LIMIT_KIND_MAX_ORDER_QTY]
+        cdef int64_t notional_limit = limit[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL]
+        cdef int64_t long_limit = limit[<int>LIMIT_KIND_MAX_LONG_POSITION]
+        cdef int64_t short_limit = limit[<int>LIMIT_KIND_MAX_SHORT_POSITION]
+        cdef int64_t collar_ppm = limit[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
+        cdef int64_t collar_ticks = limit[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
+        cdef int64_t credit = account_rule.credit_limit
+        cdef int64_t max_working = account_rule.max_working
+        cdef int64_t account_rate_orders = account_rule.rate_orders
+        cdef int64_t account_rate_window = account_rule.rate_window_ns
         cdef int64_t strategy_rate_orders = LIMIT_UNSET
         cdef int64_t strategy_rate_window = 0
+        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
         if strategy_id != 0:
-            strategy_rate_orders = view.strategy_rate_orders[strategy_id]
-            strategy_rate_window = view.strategy_rate_window_ns[strategy_id]
+            strategy_rate_orders = strategy_rule.rate_orders
+            strategy_rate_window = strategy_rule.rate_window_ns
 
         cdef int64_t missing = 0
-        if limit[LIMIT_KIND_MAX_ORDER_QTY] == LIMIT_UNSET:
+        if qty_limit == LIMIT_UNSET:
             missing |= MISSING_MAX_ORDER_QTY
-        if limit[LIMIT_KIND_MAX_ORDER_NOTIONAL] == LIMIT_UNSET:
+        if notional_limit == LIMIT_UNSET:
             missing |= MISSING_MAX_ORDER_NOTIONAL
-        if limit[LIMIT_KIND_MAX_LONG_POSITION] == LIMIT_UNSET:
+        if long_limit == LIMIT_UNSET:
             missing |= MISSING_MAX_LONG_POSITION
-        if limit[LIMIT_KIND_MAX_SHORT_POSITION] == LIMIT_UNSET:
+        if short_limit == LIMIT_UNSET:
             missing |= MISSING_MAX_SHORT_POSITION
         if credit == LIMIT_UNSET:
             missing |= MISSING_CREDIT_LIMIT
@@ -916,11 +1025,7 @@ cdef class Kernel:
             missing |= MISSING_MAX_WORKING_ORDERS
         if account_rate_orders == LIMIT_UNSET:
             missing |= MISSING_ACCOUNT_ORDER_RATE
-        if (
-            is_limit
-            and limit[LIMIT_KIND_PRICE_COLLAR_PPM] == LIMIT_UNSET
-            and limit[LIMIT_KIND_PRICE_COLLAR_TICKS] == LIMIT_UNSET
-        ):
+        if is_limit and collar_ppm == LIMIT_UNSET and collar_ticks == LIMIT_UNSET:
             missing |= MISSING_PRICE_COLLAR
         if strategy_id != 0 and strategy_rate_orders == LIMIT_UNSET:
             missing |= MISSING_STRATEGY_ORDER_RATE
@@ -957,9 +1062,8 @@ cdef class Kernel:
 
         # restricted list: firm-wide first, then the account's own
         cdef uint8_t side_bit = 1 << side
-        cdef uint8_t restricted = view.symbol_restricted_sides[symbol_id]
-        if restricted & side_bit:
-            fail(verdict, CHECK_SYMBOL_RESTRICTED, restricted, side, view.symbol_restricted_path[symbol_id])
+        if symbol_rule.restricted_sides & side_bit:
+            fail(verdict, CHECK_SYMBOL_RESTRICTED, symbol_rule.restricted_sides, side, symbol_rule.restricted_path)
         elif override >= 0 and view.override_restricted_sides[override] & side_bit:
             fail(
                 verdict,
@@ -970,40 +1074,36 @@ cdef class Kernel:
             )
 
         # order size
-        cdef int64_t qty_limit = limit[LIMIT_KIND_MAX_ORDER_QTY]
         if qty_limit != LIMIT_UNSET and qty > qty_limit:
-            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[LIMIT_KIND_MAX_ORDER_QTY])
+            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY])
         cdef int64_t effective_price = price if is_limit else ref_price
         cdef int64_t notional = -1
         if effective_price > 0:
-            notional = notional_micros(qty, effective_price, view.symbol_multiplier[symbol_id])
-        cdef int64_t notional_limit = limit[LIMIT_KIND_MAX_ORDER_NOTIONAL]
+            notional = notional_micros(qty, effective_price, symbol_rule.multiplier)
         if notional >= 0 and notional_limit != LIMIT_UNSET and notional > notional_limit:
             fail(
                 verdict,
                 CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
                 notional_limit,
                 notional,
-                limit_path[LIMIT_KIND_MAX_ORDER_NOTIONAL],
+                limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
             )
 
         # price collar: the tighter of the percentage and tick bands around a fresh reference
-        cdef int64_t collar_ppm = limit[LIMIT_KIND_PRICE_COLLAR_PPM]
-        cdef int64_t collar_ticks = limit[LIMIT_KIND_PRICE_COLLAR_TICKS]
         cdef bint has_band = False
         cdef pt_i128 band = 0
         cdef pt_i128 tick_band
         cdef int32_t band_path = NO_PATH
         if is_limit and fresh:
             if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
-                band = floor_div(<pt_i128>ref_price * collar_ppm, PPM_SCALE)
-                band_path = limit_path[LIMIT_KIND_PRICE_COLLAR_PPM]
+                band = mul_div(ref_price, collar_ppm, PPM_SCALE, False)
+                band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
                 has_band = True
             if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
                 tick_band = <pt_i128>collar_ticks * tick
                 if not has_band or tick_band < band:
                     band = tick_band
-                    band_path = limit_path[LIMIT_KIND_PRICE_COLLAR_TICKS]
+                    band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
                     has_band = True
             if has_band:
                 if <pt_i128>price - ref_price > band:
@@ -1016,11 +1116,9 @@ cdef class Kernel:
         if notional >= 0 and credit != LIMIT_UNSET:
             exposure = <pt_i128>account.working_notional + account.filled_notional + notional
             if exposure > credit:
-                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, view.account_credit_path[account_id])
+                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, account_rule.credit_path)
 
         # position, counting working orders on the side that increases it
-        cdef int64_t long_limit = limit[LIMIT_KIND_MAX_LONG_POSITION]
-        cdef int64_t short_limit = limit[LIMIT_KIND_MAX_SHORT_POSITION]
         cdef pt_i128 position_after
         if is_buy:
             if long_limit != LIMIT_UNSET:
@@ -1031,7 +1129,7 @@ cdef class Kernel:
                         CHECK_LONG_POSITION_LIMIT_EXCEEDED,
                         long_limit,
                         position_after,
-                        limit_path[LIMIT_KIND_MAX_LONG_POSITION],
+                        limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
                     )
         elif short_limit != LIMIT_UNSET:
             position_after = <pt_i128>pos.working_sell + qty - pos.position
@@ -1041,7 +1139,7 @@ cdef class Kernel:
                     CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
                     short_limit,
                     position_after,
-                    limit_path[LIMIT_KIND_MAX_SHORT_POSITION],
+                    limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
                 )
 
         # order rates (token buckets; charged on accept only)
@@ -1057,7 +1155,7 @@ cdef class Kernel:
                     CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
                     account_rate_orders,
                     ceil_div(account_rate_window - account_level, account_rate_orders),
-                    view.account_rate_path[account_id],
+                    account_rule.rate_path,
                 )
         if rate_applies(strategy_rate_orders):
             strategy_level = refill(
@@ -1069,27 +1167,27 @@ cdef class Kernel:
                     CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
                     strategy_rate_orders,
                     ceil_div(strategy_rate_window - strategy_level, strategy_rate_orders),
-                    view.strategy_rate_path[strategy_id],
+                    strategy_rule.rate_path,
                 )
 
         # duplicates: the client order id, then the content newest first
         if self.remembers(order.client_order_key):
             fail(verdict, CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
-        cdef int64_t content_window = view.account_dup_window_ns[account_id]
+        cdef int64_t content_window = account_rule.dup_window_ns
         cdef int64_t content_price = price if is_limit else 0
-        cdef int32_t age_rank
-        cdef RecentOrder* recent
+        cdef int64_t content_kind = side | order_type << 2
+        cdef int age_rank
+        cdef int entry
         cdef pt_i128 recent_age
         if content_window > 0:
             for age_rank in range(pos.recent_count):
-                recent = &pos.recent[(pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)]
+                entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
                 if (
-                    recent.side == side
-                    and recent.order_type == order_type
-                    and recent.qty == qty
-                    and recent.price == content_price
+                    (pos.recent_kinds >> (4 * entry)) & 0xF == content_kind
+                    and pos.recent_qty[entry] == qty
+                    and pos.recent_price[entry] == content_price
                 ):
-                    recent_age = <pt_i128>now_ns - recent.accepted_ns
+                    recent_age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
                     if recent_age <= content_window:
                         fail(verdict, CHECK_DUPLICATE_ORDER_CONTENT, content_window, recent_age, NO_PATH)
                         break
@@ -1102,7 +1200,7 @@ cdef class Kernel:
                 CHECK_MAX_WORKING_ORDERS_EXCEEDED,
                 max_working,
                 working_after,
-                view.account_max_working_path[account_id],
+                account_rule.max_working_path,
             )
 
         # self-match: would the order cross the account's own working order on the other side?
@@ -1111,7 +1209,7 @@ cdef class Kernel:
         cdef OrderSlot* working
         cdef bint has_opposite = False
         cdef int64_t opposite = 0
-        if view.account_self_match[account_id]:
+        if account_rule.self_match:
             slot = pos.first_order
             while slot >= 0:
                 working = &self.orders[slot]
@@ -1142,13 +1240,15 @@ cdef class Kernel:
         """The order becomes working: reservations, rate charges and memories move."""
         cdef int64_t account_id = order.account_id
         cdef int64_t strategy_id = order.strategy_id
+        cdef const AccountRule* account_rule = &view.accounts[account_id]
+        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
+        cdef AccountState* account = &self.accounts[account_id]
+        cdef StrategyState* strategy = &self.strategies[strategy_id]
         cdef bint is_limit = order.order_type == ORDER_TYPE_LIMIT
         cdef int32_t slot
         cdef OrderSlot* working
         cdef PositionState* pos
-        cdef RecentOrder* recent
-        cdef AccountState* account = &self.accounts[account_id]
-        cdef StrategyState* strategy
+        cdef int entry
 
         if position_index < 0:
             position_index = self.add_position(account_id << 32 | order.symbol_id)
@@ -1161,7 +1261,7 @@ cdef class Kernel:
         working.remaining = order.qty
         working.reserve_price = effective_price
         working.cross_price = cross_price(order.side, order.order_type, order.price)
-        working.multiplier = view.symbol_multiplier[order.symbol_id]
+        working.multiplier = view.symbols[order.symbol_id].multiplier
         working.reserved = notional
         working.account = <int32_t>account_id
         working.position_index = <int32_t>position_index
@@ -1177,27 +1277,58 @@ cdef class Kernel:
             pos.working_buy += <uint64_t>order.qty
         else:
             pos.working_sell += <uint64_t>order.qty
-        recent = &pos.recent[pos.recent_next]
-        recent.side = <int8_t>order.side
-        recent.order_type = <int8_t>order.order_type
-        recent.qty = order.qty
-        recent.price = order.price if is_limit else 0
-        recent.accepted_ns = order.now_ns
-        pos.recent_next = (pos.recent_next + 1) & (CONTENT_MEMORY_PER_POSITION - 1)
+        entry = pos.recent_next
+        pos.recent_kinds = (pos.recent_kinds & ~(0xF << (4 * entry))) | (order.side | order.order_type << 2) << (4 * entry)
+        pos.recent_qty[entry] = order.qty
+        pos.recent_price[entry] = order.price if is_limit else 0
+        pos.recent_accepted_ns[entry] = order.now_ns
+        pos.recent_next = (entry + 1) & (CONTENT_MEMORY_PER_POSITION - 1)
         if pos.recent_count < CONTENT_MEMORY_PER_POSITION:
             pos.recent_count += 1
 
         account.working_count += 1
         account.working_notional = saturate(<pt_i128>account.working_notional + notional)
-        if rate_applies(view.account_rate_orders[account_id]):
-            account.rate_tokens = saturate(account_level - view.account_rate_window_ns[account_id])
+        if rate_applies(account_rule.rate_orders):
+            account.rate_tokens = saturate(account_level - account_rule.rate_window_ns)
             account.rate_last_ns = order.now_ns
-        if strategy_id != 0 and rate_applies(view.strategy_rate_orders[strategy_id]):
-            strategy = &self.strategies[strategy_id]
-            strategy.rate_tokens = saturate(strategy_level - view.strategy_rate_window_ns[strategy_id])
+        if strategy_id != 0 and rate_applies(strategy_rule.rate_orders):
+            strategy.rate_tokens = saturate(strategy_level - strategy_rule.rate_window_ns)
             strategy.rate_last_ns = order.now_ns
         self.remember(order.client_order_key)
         return (<int64_t>working.generation) << HANDLE_SLOT_BITS | slot
+
+    # -- prefetching for check_batch ----------------------------------------------------
+    cdef void prefetch_order(self, RuleView view, int64_t account_id, int64_t symbol_id,
+                             int64_t client_order_key) noexcept nogil:
+        """Start loading what an order ahead will read: its rule and state records, its
+        client order id's and its pair's hash slots. Only a hint: ids are bounds-checked so
+        that no address is formed outside the blocks, nothing is read."""
+        cdef const char* record
+        PT_PREFETCH(&self.remembered_set[mix64(<uint64_t>client_order_key) & self.remembered_set_mask])
+        if 0 <= account_id < view.n_accounts:
+            record = <const char*>&view.accounts[account_id]
+            PT_PREFETCH(record)
+            PT_PREFETCH(record + CACHE_LINE)
+            PT_PREFETCH(&self.accounts[account_id])
+        if 0 <= symbol_id < view.n_symbols:
+            record = <const char*>&view.symbols[symbol_id]
+            PT_PREFETCH(record)
+            PT_PREFETCH(record + CACHE_LINE)
+            PT_PREFETCH(&self.symbols[symbol_id])
+            if 0 <= account_id < view.n_accounts:
+                PT_PREFETCH(&self.position_table[mix64(<uint64_t>(account_id << 32 | symbol_id)) & self.position_table_mask])
+
+    cdef void prefetch_position(self, int64_t account_id, int64_t symbol_id) noexcept nogil:
+        """Start loading the position record of a nearer order (its table slot was
+        prefetched earlier, so finding the record is cheap by now)."""
+        cdef Py_ssize_t index
+        cdef const char* record
+        if 0 <= account_id < MAX_INDEXED_ID and 0 <= symbol_id < MAX_INDEXED_ID:
+            index = self.find_position(account_id << 32 | symbol_id)
+            if index >= 0:
+                record = <const char*>&self.positions[index]
+                PT_PREFETCH(record)
+                PT_PREFETCH(record + CACHE_LINE)
 
     # -- account x symbol positions -----------------------------------------------------
     cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil:

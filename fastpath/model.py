@@ -17,6 +17,7 @@ kernel state) across hot reloads; names that left the rules stay interned but in
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,11 +103,15 @@ class Interner:
 
     Ids are dense and never reused: a name keeps its id for the life of the process, so
     kernel state indexed by id survives hot reloads. Strategy id 0 is the empty name
-    (an order with no strategy). Not thread-safe: grow it only from the thread that owns
-    the engine (reloads and halts are applied there).
+    (an order with no strategy).
+
+    Threading: a reload compiles (and interns) on a worker thread while halts intern on
+    the event loop, so growth takes a lock. Lookups (``account_ids.get``) on the order
+    path take none: a dict read is atomic, and a name's id never changes once visible.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.account_names: list[str] = []
         self.symbol_names: list[str] = []
         self.strategy_names: list[str] = [""]
@@ -114,14 +119,18 @@ class Interner:
         self.symbol_ids: dict[str, int] = {}
         self.strategy_ids: dict[str, int] = {"": STRATEGY_NONE}
 
-    @staticmethod
-    def _intern(name: str, names: list[str], ids: dict[str, int]) -> int:
+    def _intern(self, name: str, names: list[str], ids: dict[str, int]) -> int:
         found = ids.get(name)
         if found is not None:
             return found
-        ids[name] = len(names)
-        names.append(name)
-        return ids[name]
+        with self._lock:
+            found = ids.get(name)
+            if found is None:
+                # the name is appended before its id is published, so any id a reader
+                # can see indexes a valid name
+                names.append(name)
+                found = ids[name] = len(names) - 1
+            return found
 
     def account(self, name: str) -> int:
         return self._intern(name, self.account_names, self.account_ids)

@@ -9,6 +9,7 @@ same decisions.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,11 @@ from fastpath.codes import (
     QTY_SCALE,
     Check,
     LimitKind,
+    OrderType,
     Side,
     side_bit,
 )
+from fastpath.engine import Engine
 from fastpath.errors import (
     DuplicateRestrictionError,
     InvalidValueError,
@@ -42,9 +45,13 @@ from fastpath.model import STRATEGY_NONE, Interner, RateLimit, Setting
 from fastpath.rules import (
     DEFAULT_DUPLICATE_CONTENT_WINDOW_MS,
     DEFAULT_MAX_REFERENCE_AGE_MS,
+    LimitOverride,
+    check_override,
     compile_rules,
     load_rules,
 )
+
+from .harness import T0, px, qty
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
 SOURCE = "test-rules.toml"
@@ -1038,3 +1045,260 @@ def test_removed_names_become_inactive_rows():
     assert (tables.strategy_rate_orders[ownrate], tables.strategy_rate_path[ownrate]) == (LIMIT_UNSET, -1)
     assert tables.account_active[interner.account_ids["ACC1"]] == 1
     assert "OWN" not in second.accounts and len(tables.override_keys) == 0
+
+
+# -- overrides: the run-time overlay -------------------------------------------------------------
+
+
+def with_overrides(*overrides: LimitOverride, text: str = LAYERED, interner: Interner | None = None):
+    return compile_rules(text, SOURCE, interner, overrides)
+
+
+def test_no_overrides_is_the_file_itself():
+    assert with_overrides().version == compile_text(LAYERED).version
+    assert load_rules(EXAMPLE, overrides=()).version == load_rules(EXAMPLE).version
+
+
+def test_account_override_takes_precedence_and_names_itself():
+    raised = LimitOverride(
+        "ovr-1",
+        {"credit_limit": "500000", "max_order_qty": 2000, "order_rate_limit": {"orders": 5, "window_ms": 250}},
+        account="PLAIN",
+    )
+    rules = with_overrides(raised)
+    tables, row = rules.tables, rules.interner.account_ids["PLAIN"]
+    assert tables.account_credit_limit[row] == 500_000 * NOTIONAL_SCALE
+    assert rules.path(tables.account_credit_path[row]) == "overrides.ovr-1.credit_limit"
+    assert tables.account_limits[row, LimitKind.MAX_ORDER_QTY] == 2000 * QTY_SCALE
+    assert rules.path(tables.account_limit_paths[row, LimitKind.MAX_ORDER_QTY]) == "overrides.ovr-1.max_order_qty"
+    assert (tables.account_rate_orders[row], tables.account_rate_window_ns[row]) == (5, 250 * NS_PER_MS)
+    assert rules.path(tables.account_rate_path[row]) == "overrides.ovr-1.order_rate_limit"
+    # The model carries the override too (the reference evaluator reads the model).
+    assert rules.accounts["PLAIN"].credit_limit == Setting(500_000 * NOTIONAL_SCALE, "overrides.ovr-1.credit_limit")
+    # What the override does not set still comes from the file.
+    assert rules.path(tables.account_max_working_path[row]) == "firm.limits.max_working_orders"
+    # Other accounts are untouched, and the version shows the override in force.
+    own = rules.interner.account_ids["OWN"]
+    assert rules.path(tables.account_credit_path[own]) == "accounts.OWN.limits.credit_limit"
+    assert rules.version != compile_text(LAYERED).version
+    assert rules.source == SOURCE
+
+
+def test_account_override_does_not_beat_the_files_account_symbol_setting():
+    """Precedence is per scope: accounts.A.symbols.S stays more specific than an account override."""
+    rules = with_overrides(LimitOverride("wide", {"max_order_qty": 900}, account="OWN"))
+    own, bbb = rules.interner.account_ids["OWN"], rules.interner.symbol_ids["BBB"]
+    key = own << 32 | bbb
+    row = int(np.searchsorted(rules.tables.override_keys, key))
+    assert rules.tables.override_keys[row] == key
+    assert rules.tables.override_limits[row, LimitKind.MAX_ORDER_QTY] == 80 * QTY_SCALE
+    assert rules.tables.account_limits[own, LimitKind.MAX_ORDER_QTY] == 900 * QTY_SCALE
+
+
+def test_account_symbol_override_adds_an_override_row():
+    rules = with_overrides(LimitOverride("sym", {"max_long_position": "unlimited"}, account="PLAIN", symbol="BBB"))
+    plain, bbb = rules.interner.account_ids["PLAIN"], rules.interner.symbol_ids["BBB"]
+    row = rules.tables.override_keys.tolist().index(plain << 32 | bbb)
+    assert rules.tables.override_limits[row, LimitKind.MAX_LONG_POSITION] == LIMIT_UNLIMITED
+    assert rules.path(rules.tables.override_limit_paths[row, LimitKind.MAX_LONG_POSITION]) == (
+        "overrides.sym.max_long_position"
+    )
+    assert rules.accounts["PLAIN"].symbol_limits["BBB"][LimitKind.MAX_LONG_POSITION].path == (
+        "overrides.sym.max_long_position"
+    )
+
+
+def test_later_override_wins_at_the_same_scope():
+    rules = with_overrides(
+        LimitOverride("first", {"credit_limit": 1}, account="PLAIN"),
+        LimitOverride("second", {"credit_limit": 2}, account="PLAIN"),
+    )
+    row = rules.interner.account_ids["PLAIN"]
+    assert rules.tables.account_credit_limit[row] == 2 * NOTIONAL_SCALE
+    assert rules.path(rules.tables.account_credit_path[row]) == "overrides.second.credit_limit"
+
+
+@pytest.mark.parametrize(
+    ("override", "scope_row", "orders", "window_ms"),
+    [
+        # PLAIN inherits the firm's 100 / 1000 ms.
+        (LimitOverride("t", throttle_factor="0.25", account="PLAIN"), ("account", "PLAIN"), 25, 1000),
+        # INHERITS takes firm.strategy_limits 40 / 2000 ms; OWNRATE its own 7 / 100 ms.
+        (LimitOverride("t", throttle_factor=Decimal("0.5"), strategy="INHERITS"), ("strategy", "INHERITS"), 20, 2000),
+        (LimitOverride("t", throttle_factor="0.1", strategy="OWNRATE"), ("strategy", "OWNRATE"), 1, 100),
+        (LimitOverride("t", throttle_factor=1, strategy="OWNRATE"), ("strategy", "OWNRATE"), 7, 100),
+    ],
+)
+def test_throttle_scales_the_rate_in_force(override, scope_row, orders, window_ms):
+    rules = with_overrides(override)
+    scope, name = scope_row
+    tables = rules.tables
+    if scope == "account":
+        row = rules.interner.account_ids[name]
+        got = (tables.account_rate_orders[row], tables.account_rate_window_ns[row], tables.account_rate_path[row])
+    else:
+        row = rules.interner.strategy_ids[name]
+        got = (tables.strategy_rate_orders[row], tables.strategy_rate_window_ns[row], tables.strategy_rate_path[row])
+    assert got[:2] == (orders, window_ms * NS_PER_MS)
+    assert rules.path(got[2]) == "overrides.t.order_rate_limit"
+
+
+def test_override_limits_accept_every_spelling_the_file_accepts():
+    spellings = [5, Decimal("5"), "5", "5.0"]
+    versions = {with_overrides(LimitOverride("o", {"credit_limit": value}, account="PLAIN")).version for value in spellings}
+    assert len(versions) == 1
+
+
+OVERRIDE_ERROR_CASES = [
+    # (id, override, error class, key path, value, message fragment)
+    ("both-scopes", LimitOverride("o", {"credit_limit": 1}, account="PLAIN", strategy="INHERITS"),
+     InvalidValueError, "overrides.o.strategy", "INHERITS", "not both"),
+    ("no-scope", LimitOverride("o", {"credit_limit": 1}), MissingKeyError, "overrides.o.account", None, "names an account"),
+    ("undeclared-account", LimitOverride("o", {"credit_limit": 1}, account="NOPE"),
+     UndeclaredNameError, "overrides.o.account", "NOPE", "not declared"),
+    ("undeclared-symbol", LimitOverride("o", {"max_order_qty": 1}, account="PLAIN", symbol="ZZZ"),
+     UndeclaredNameError, "overrides.o.symbol", "ZZZ", "not declared"),
+    ("undeclared-strategy", LimitOverride("o", throttle_factor="0.5", strategy="NOPE"),
+     UndeclaredNameError, "overrides.o.strategy", "NOPE", "not declared"),
+    ("strategy-symbol", LimitOverride("o", throttle_factor="0.5", strategy="INHERITS", symbol="AAA"),
+     InvalidValueError, "overrides.o.symbol", "AAA", "names its account"),
+    ("unknown-key", LimitOverride("o", {"credit_limt": 1}, account="PLAIN"),
+     UnknownKeyError, "overrides.o.credit_limt", 1, "unknown key"),
+    ("account-key-on-symbol", LimitOverride("o", {"credit_limit": 1}, account="PLAIN", symbol="AAA"),
+     UnknownKeyError, "overrides.o.credit_limit", 1, "unknown key"),
+    ("strategy-only-rate", LimitOverride("o", {"max_order_qty": 1}, strategy="INHERITS"),
+     UnknownKeyError, "overrides.o.max_order_qty", 1, "unknown key"),
+    ("negative", LimitOverride("o", {"credit_limit": -1}, account="PLAIN"),
+     InvalidValueError, "overrides.o.credit_limit", -1, "negative"),
+    ("inexact", LimitOverride("o", {"credit_limit": "0.0000001"}, account="PLAIN"),
+     InvalidValueError, "overrides.o.credit_limit", "0.0000001", "decimal places"),
+    ("float-string", LimitOverride("o", {"max_order_qty": "1e3"}, account="PLAIN"),
+     InvalidValueError, "overrides.o.max_order_qty", "1e3", "expected a number"),
+    ("bad-rate", LimitOverride("o", {"order_rate_limit": {"orders": 0, "window_ms": 1}}, account="PLAIN"),
+     InvalidValueError, "overrides.o.order_rate_limit.orders", 0, "greater than 0"),
+    ("limits-not-a-table", LimitOverride("o", ["credit_limit"], account="PLAIN"),
+     InvalidValueError, "overrides.o", ["credit_limit"], "expected a table"),
+    ("empty", LimitOverride("o", {}, account="PLAIN"),
+     InvalidValueError, "overrides.o", {}, "at least one limit"),
+    ("bad-id", LimitOverride("o p", {"credit_limit": 1}, account="PLAIN"),
+     InvalidValueError, 'overrides."o p"', "o p", "whitespace"),
+    ("factor-zero", LimitOverride("o", throttle_factor="0", account="PLAIN"),
+     InvalidValueError, "overrides.o.throttle_factor", "0", "greater than 0"),
+    ("factor-above-one", LimitOverride("o", throttle_factor="1.5", account="PLAIN"),
+     InvalidValueError, "overrides.o.throttle_factor", "1.5", "at most 1"),
+    ("factor-too-fine", LimitOverride("o", throttle_factor="0.0000001", account="PLAIN"),
+     InvalidValueError, "overrides.o.throttle_factor", "0.0000001", "decimal places"),
+    ("factor-and-rate", LimitOverride("o", {"order_rate_limit": "unlimited"}, throttle_factor="0.5", account="PLAIN"),
+     InvalidValueError, "overrides.o.throttle_factor", "0.5", "not both"),
+    ("factor-on-symbol", LimitOverride("o", throttle_factor="0.5", account="PLAIN", symbol="AAA"),
+     InvalidValueError, "overrides.o.throttle_factor", "0.5", "names no symbol"),
+    ("factor-of-unlimited", LimitOverride("o", throttle_factor="0.5", account="OWN"),
+     InvalidValueError, "overrides.o.throttle_factor", "0.5", "unlimited"),
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "error_class", "key_path", "value", "fragment"),
+    [pytest.param(override, *rest, id=case_id) for case_id, override, *rest in OVERRIDE_ERROR_CASES],
+)
+def test_override_errors_name_the_override_key_path_and_value(override, error_class, key_path, value, fragment):
+    with pytest.raises(error_class) as caught:
+        with_overrides(override)
+    error = caught.value
+    assert error.source == f"override {override.override_id}"
+    assert str(error).startswith(f"override {override.override_id}: {key_path}: ")
+    assert "\n" not in str(error)
+    assert error.key_path == key_path
+    if value is not None:
+        assert error.value == value
+    assert fragment in error.message
+
+
+@pytest.mark.parametrize(
+    ("override", "error_class", "key_path"),
+    [
+        pytest.param(override, error_class, key_path, id=case_id)
+        for case_id, override, error_class, key_path, *_ in OVERRIDE_ERROR_CASES
+        if error_class is not UndeclaredNameError and case_id != "factor-of-unlimited"
+    ],
+)
+def test_check_override_finds_every_error_that_needs_no_rules_file(override, error_class, key_path):
+    with pytest.raises(error_class) as caught:
+        check_override(override)
+    assert (caught.value.source, caught.value.key_path) == (override.source, key_path)
+
+
+def test_check_override_accepts_undeclared_names_and_valid_values():
+    check_override(LimitOverride("o", {"credit_limit": "2.5", "order_rate_limit": "unlimited"}, account="ANY"))
+    check_override(LimitOverride("t", throttle_factor="0.5", strategy="ANY"))
+
+
+def test_throttle_of_a_missing_rate_is_an_error():
+    with pytest.raises(InvalidValueError, match="nothing to scale"):
+        with_overrides(LimitOverride("o", throttle_factor="0.5", account="ACC1"), text=BASE)
+
+
+def test_duplicate_override_id_is_an_error():
+    with pytest.raises(InvalidValueError, match="earlier override") as caught:
+        with_overrides(
+            LimitOverride("same", {"credit_limit": 1}, account="PLAIN"),
+            LimitOverride("same", {"credit_limit": 2}, account="OWN"),
+        )
+    assert caught.value.source == "override same"
+
+
+def test_file_errors_come_before_override_errors():
+    with pytest.raises(UnknownKeyError) as caught:
+        with_overrides(LimitOverride("o", {"nope": 1}, account="ACC1"), text=BASE + "typo = 1\n")
+    assert caught.value.source == SOURCE
+
+
+def test_failed_override_leaves_the_interner_untouched():
+    interner = compile_text(BASE).interner
+    before = list(interner.account_names)
+    with pytest.raises(UndeclaredNameError):
+        with_overrides(
+            LimitOverride("o", {"credit_limit": 1}, account="NEW1"), text=BASE + "[accounts.NEW2]\n", interner=interner
+        )
+    assert interner.account_names == before
+
+
+def test_override_raises_a_limit_for_both_implementations(kernel_class):
+    """The overlay end to end: an order over the file's credit limit is rejected naming the
+    file's rule, accepted under a raised override, and rejected naming the override once the
+    override is lowered; the kernel and the reference evaluator agree."""
+    text = BASE + "[firm.limits]\n" + "\n".join(
+        (
+            "max_order_qty = 1000",
+            "max_order_notional = 1000000",
+            "max_long_position = 1000",
+            "max_short_position = 0",
+            "price_collar_pct = 50",
+            "credit_limit = 5000",
+            "max_working_orders = 10",
+            'order_rate_limit = "unlimited"',
+        )
+    )
+    base = compile_text(text)
+    engine = Engine(base, kernel_class=kernel_class)
+    engine.set_reference_price("AAA", px("100"), T0)
+
+    def order(cid: str):
+        return engine.check("ACC1", "AAA", "", Side.BUY, OrderType.LIMIT, qty(60), px("100"), cid, T0)
+
+    def credit_rule(result) -> str:
+        failures = {failure.code: failure for failure in engine.failures(result)}
+        return failures[Check.CREDIT_LIMIT_EXCEEDED].rule_path
+
+    assert credit_rule(order("c1")) == "firm.limits.credit_limit"
+
+    raised = LimitOverride("up", {"credit_limit": 10_000}, account="ACC1")
+    engine.reload(compile_rules(text, SOURCE, engine.interner, [raised]))
+    assert order("c2").accepted
+
+    lowered = LimitOverride("down", {"credit_limit": 100}, account="ACC1")
+    engine.reload(compile_rules(text, SOURCE, engine.interner, [lowered]))
+    assert credit_rule(order("c3")) == "overrides.down.credit_limit"
+
+    engine.reload(base)  # the override expired: the file's limit is back
+    assert credit_rule(order("c4")) == "firm.limits.credit_limit"

@@ -1,0 +1,111 @@
+"""Blocking client of the gateway (scripts, the CLI, tests, synchronous OMS adapters).
+
+Every unary call has a deadline (``timeout_s`` per call, else the client's default) and
+every failure surfaces as a typed :mod:`clients.errors` exception, never a raw
+``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import grpc
+
+from clients.errors import error_from_rpc
+from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Deadline of a unary call, seconds: long enough for a batch over a WAN link, short
+#: enough that a hung gateway does not hold an order back unnoticed.
+DEFAULT_TIMEOUT_S = 5.0
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The ``authorization: Bearer <token>`` call metadata (none without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class GatewayClient:
+    """``GatewayClient(target, token, timeout_s)``; use as a context manager or call
+    :meth:`close`. ``credentials`` switches the channel to TLS."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._metadata = auth_metadata(token)
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
+        self._gateway = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._admin = gateway_pb2_grpc.AdminServiceStub(self._channel)
+
+    def _call(self, method, request, timeout_s: float | None):
+        try:
+            return method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+
+    # -- orders -----------------------------------------------------------------------------
+    def check_order(self, order: types_pb2.Order, *, timeout_s: float | None = None) -> types_pb2.Decision:
+        """The decision for one order (see :func:`clients.orders.make_order`)."""
+        request = gateway_pb2.CheckOrderRequest(order=order)
+        return self._call(self._gateway.CheckOrder, request, timeout_s).decision
+
+    def check_orders(
+        self, orders: Sequence[types_pb2.Order], *, timeout_s: float | None = None
+    ) -> list[types_pb2.Decision]:
+        """Decisions for a batch of orders, in order."""
+        request = gateway_pb2.CheckOrdersRequest(orders=orders)
+        response = self._call(self._gateway.CheckOrders, request, timeout_s)
+        return list(response.decisions)
+
+    def stream(
+        self, requests: Iterable[gateway_pb2.StreamOrdersRequest], *, timeout_s: float | None = None
+    ) -> Iterator[gateway_pb2.StreamOrdersResponse]:
+        """StreamOrders: send ``requests`` (batches), yield decision batches and control
+        messages. A stream is long-lived, so it has no deadline unless ``timeout_s`` is given."""
+        try:
+            yield from self._gateway.StreamOrders(iter(requests), timeout=timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+
+    # -- executions and market data ----------------------------------------------------------
+    def report_executions(
+        self, executions: Sequence[types_pb2.Execution], *, timeout_s: float | None = None
+    ) -> list[gateway_pb2.ExecutionResult]:
+        request = gateway_pb2.ReportExecutionsRequest(executions=executions)
+        return list(self._call(self._gateway.ReportExecutions, request, timeout_s).results)
+
+    def update_reference_prices(
+        self, prices: Sequence[types_pb2.ReferencePrice], *, timeout_s: float | None = None
+    ) -> gateway_pb2.UpdateReferencePricesResponse:
+        request = gateway_pb2.UpdateReferencePricesRequest(prices=prices)
+        return self._call(self._gateway.UpdateReferencePrices, request, timeout_s)
+
+    # -- administration (admin role) ---------------------------------------------------------
+    def reload_rules(
+        self, path: str = "", *, timeout_s: float | None = None
+    ) -> gateway_pb2.ReloadRulesResponse:
+        return self._call(self._admin.ReloadRules, gateway_pb2.ReloadRulesRequest(path=path), timeout_s)
+
+    def get_status(self, *, timeout_s: float | None = None) -> gateway_pb2.GetStatusResponse:
+        return self._call(self._admin.GetStatus, gateway_pb2.GetStatusRequest(), timeout_s)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

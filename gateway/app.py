@@ -1,0 +1,235 @@
+"""One gateway process: engine + decision outbox + publisher + market data + gRPC server.
+
+Start-up order (each step fails fast with a one-line error before anything listens):
+rules compile -> token file -> engine -> outbox (single-writer lock) -> [embedded
+nats-server] -> gRPC server (health NOT_SERVING) -> metrics endpoint -> publisher and
+market-data subscription connect in the background -> health SERVING once NATS is
+connected for the first time. From then on the gateway stays SERVING through NATS
+outages: decisions queue in the outbox, ``nats_connected`` in GetStatus and the
+``pretrade_nats_connected`` / ``pretrade_publish_lag_seconds`` metrics tell the story, and
+taking every gateway out of a load balancer because the bus blinked would stop trading for
+no risk benefit.
+
+Signals: SIGHUP recompiles the rules file off the event loop thread and swaps it in on the
+loop (a bad file is logged and the old rules stay); SIGINT/SIGTERM shut down gracefully:
+health NOT_SERVING, stop accepting calls, let open calls and streams finish within the
+grace period, flush the outbox to JetStream, stop the embedded nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import nats
+from grpc_health.v1 import health
+
+from fastpath.engine import Engine
+from fastpath.errors import RulesError
+from fastpath.rules import load_rules
+from gateway.auth import TokenStore
+from gateway.config import GatewayConfig
+from gateway.embedded_nats import EmbeddedNats
+from gateway.marketdata import ReferencePriceSubscriber
+from gateway.metrics import GatewayMetrics, MetricsHttpServer
+from gateway.outbox import DecisionOutbox
+from gateway.publisher import DecisionPublisher, PublisherMetricHooks
+from gateway.server import create_server, set_health
+from gateway.servicer import AdminServicer, GatewayServicer, OrderGate, RulesReloader
+from gateway.validation import RequestValidator
+
+log = logging.getLogger(__name__)
+
+#: Wait between reconnect attempts of the market-data connection, seconds.
+MARKETDATA_RECONNECT_WAIT_S = 0.5
+
+
+class GatewayApp:
+    """The running gateway. ``await start()``, then ``await stop()`` (or ``await run()``,
+    which does both around the signals)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.started_ns = time.time_ns()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.nats_url: str | None = config.nats_url
+        self.metrics = GatewayMetrics()
+        self.engine: Engine | None = None
+        self.gate: OrderGate | None = None
+        self.gateway_servicer: GatewayServicer | None = None
+        self.reloader: RulesReloader | None = None
+        self.health = health.aio.HealthServicer()
+        self._outbox: DecisionOutbox | None = None
+        self._publisher: DecisionPublisher | None = None
+        self._embedded_nats: EmbeddedNats | None = None
+        self._server = None
+        self._metrics_http: MetricsHttpServer | None = None
+        self._marketdata_nc = None
+        self._marketdata: ReferencePriceSubscriber | None = None
+        self._background: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self._stopped = False
+
+    @property
+    def publisher(self) -> DecisionPublisher | None:
+        return self._publisher
+
+    async def start(self) -> None:
+        """Bring everything up; on failure, tear down what was started and re-raise."""
+        config = self.config
+        try:
+            rules = load_rules(config.rules_path)
+            tokens = TokenStore.load(config.tokens_path)
+            self.engine = Engine(rules, **config.engine_options)
+            self._outbox = DecisionOutbox(config.outbox_path)
+            self._publisher = DecisionPublisher(
+                self._outbox,
+                config.gateway_id,
+                metric_hooks=PublisherMetricHooks(
+                    decisions_published=self.metrics.decisions_published,
+                    publish_failures=self.metrics.publish_failures,
+                ),
+            )
+            self.metrics.watch_publisher(
+                lambda: self._publisher.publish_lag_s,
+                lambda: self._publisher.outbox_depth,
+                lambda: self._publisher.connected,
+            )
+            self.gate = OrderGate(
+                self.engine,
+                self._outbox,
+                self._publisher,
+                config.gateway_id,
+                metrics=self.metrics,
+                idempotency_capacity=config.idempotency_capacity,
+                execution_dedup_capacity=config.execution_dedup_capacity,
+            )
+            validator = RequestValidator(config.validation)
+            self.reloader = RulesReloader(self.engine)
+            self.gateway_servicer = GatewayServicer(
+                self.gate, validator, max_open_streams=config.max_open_streams, metrics=self.metrics
+            )
+            admin_servicer = AdminServicer(self.gate, self.reloader, validator, started_ns=self.started_ns)
+            if self.nats_url is None:
+                self._embedded_nats = EmbeddedNats(config.data_dir)
+                await self._embedded_nats.start()
+                self.nats_url = self._embedded_nats.url
+            await set_health(self.health, serving=False)
+            self._server, self.port = create_server(
+                config,
+                gateway_servicer=self.gateway_servicer,
+                admin_servicer=admin_servicer,
+                health_servicer=self.health,
+                tokens=tokens,
+                metrics=self.metrics,
+            )
+            await self._server.start()
+            if config.metrics_listen is not None:
+                self._metrics_http = MetricsHttpServer(self.metrics, config.metrics_listen)
+                self.metrics_port = self._metrics_http.port
+            await self._publisher.start(self.nats_url)
+            self._background.append(
+                asyncio.create_task(self._subscribe_marketdata(), name="marketdata-connect")
+            )
+            self._background.append(asyncio.create_task(self._become_ready(), name="health-ready"))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "gateway %s listening on port %d, rules %s (%s), NATS %s",
+            config.gateway_id,
+            self.port,
+            rules.source,
+            rules.version[:12],
+            self.nats_url,
+        )
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Whether NATS connected (and health turned SERVING) within ``timeout_s``."""
+        return await self._publisher.wait_connected(timeout_s)
+
+    async def _become_ready(self) -> None:
+        while not await self._publisher.wait_connected(self.config.nats_connect_timeout_s):
+            log.warning("not connected to NATS at %s yet; health stays NOT_SERVING", self.nats_url)
+        await set_health(self.health, serving=True)
+        log.info("gateway %s is SERVING", self.config.gateway_id)
+
+    async def _subscribe_marketdata(self) -> None:
+        """Reference prices from NATS, on a connection of their own (so a burst of market
+        data never queues behind decision publishing); connects in the background and
+        retries forever, like the publisher."""
+        self._marketdata_nc = await nats.connect(
+            self.nats_url,
+            name=f"pretrade-marketdata-{self.config.gateway_id}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=MARKETDATA_RECONNECT_WAIT_S,
+        )
+        self._marketdata = ReferencePriceSubscriber(self._marketdata_nc, self.gate.apply_reference_price)
+        await self._marketdata.start()
+
+    async def reload_rules(self, path: str | None = None) -> tuple[str, str]:
+        """Recompile and swap the rules (SIGHUP and AdminService.ReloadRules)."""
+        return await self.reloader.reload(path)
+
+    async def _reload_on_signal(self) -> None:
+        try:
+            previous, current = await self.reload_rules()
+        except RulesError as exc:
+            log.error("SIGHUP reload failed, keeping rules %s: %s", self.engine.version[:12], exc)
+            return
+        except Exception:
+            log.exception("SIGHUP reload failed, keeping rules %s", self.engine.version[:12])
+            return
+        log.info("SIGHUP reload: rules %s -> %s", previous[:12], current[:12])
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: self._background.append(asyncio.create_task(self._reload_on_signal()))
+        )
+
+    async def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Start, call ``on_started``, serve until SIGINT/SIGTERM (or :meth:`request_stop`), stop."""
+        await self.start()
+        self.install_signal_handlers()
+        if on_started is not None:
+            on_started()
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Graceful shutdown of whatever was started. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        config = self.config
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            log.info("stopping: open calls and streams get %.1f s to finish", config.shutdown_grace_s)
+            await self._server.stop(config.shutdown_grace_s)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._marketdata is not None:
+            await self._marketdata.stop()
+        if self._marketdata_nc is not None:
+            await self._marketdata_nc.close()
+        if self._publisher is not None:
+            await self._publisher.stop(config.publish_flush_timeout_s)
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._embedded_nats is not None:
+            await self._embedded_nats.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+        log.info("gateway %s stopped", config.gateway_id)

@@ -1,0 +1,105 @@
+"""Configuration of one gateway process: addresses, files, capacities and timeouts.
+
+One frozen dataclass built by the CLI (or by tests) and handed to :mod:`gateway.app`;
+nothing else reads flags or the environment. Every default is a ``DEFAULT_*`` constant with
+its unit in the name or the comment.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.subjects import InvalidSubjectTokenError, validate_gateway_id
+from gateway.validation import ValidationLimits
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DATA_DIR = ".pretrade"
+FALLBACK_GATEWAY_ID = "gw1"
+
+#: RPCs admitted at once (queued or running, streams included); beyond it gRPC answers
+#: RESOURCE_EXHAUSTED instead of letting latency grow without bound.
+DEFAULT_MAX_CONCURRENT_RPCS = 4_096
+#: Open StreamOrders calls at once; one more is refused with RESOURCE_EXHAUSTED.
+DEFAULT_MAX_OPEN_STREAMS = 256
+#: Decisions remembered for idempotent retries, keyed by (account, request_id).
+DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
+#: Execution ids remembered to drop duplicate execution reports.
+DEFAULT_EXECUTION_DEDUP_CAPACITY = 1_000_000
+#: Seconds in-flight calls and open streams get to finish at shutdown before cancellation.
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+#: Seconds the publisher gets at shutdown to hand the outbox to JetStream.
+DEFAULT_PUBLISH_FLUSH_TIMEOUT_S = 5.0
+#: Seconds a ``pretrade up``/``serve`` waits for the first NATS connection before reporting
+#: it (the gateway keeps retrying in the background and stays NOT_SERVING meanwhile).
+DEFAULT_NATS_CONNECT_TIMEOUT_S = 10.0
+
+OUTBOX_SUBDIR = "outbox"
+_POSITIVE_SETTINGS = ("max_concurrent_rpcs", "max_open_streams", "idempotency_capacity", "execution_dedup_capacity")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work (one line naming the setting)."""
+
+
+def default_gateway_id() -> str:
+    """The host name's first label when it is a valid gateway id, else ``gw1``."""
+    candidate = socket.gethostname().split(".")[0]
+    try:
+        return validate_gateway_id(candidate)
+    except InvalidSubjectTokenError:
+        return FALLBACK_GATEWAY_ID
+
+
+def parse_host_port(listen: str, setting: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a tuple, or ConfigError naming ``setting``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{setting}: expected host:port, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway process needs to start. ``nats_url=None`` means "start an
+    embedded nats-server in the data dir" (``pretrade up``); ``metrics_listen=None`` turns
+    the metrics endpoint off; ``tokens_path`` is required (``pretrade up`` writes demo
+    tokens and passes their file)."""
+
+    rules_path: str
+    tokens_path: str
+    listen: str = DEFAULT_LISTEN
+    nats_url: str | None = DEFAULT_NATS_URL
+    data_dir: str = DEFAULT_DATA_DIR
+    gateway_id: str = field(default_factory=default_gateway_id)
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS
+    idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY
+    execution_dedup_capacity: int = DEFAULT_EXECUTION_DEDUP_CAPACITY
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    publish_flush_timeout_s: float = DEFAULT_PUBLISH_FLUSH_TIMEOUT_S
+    nats_connect_timeout_s: float = DEFAULT_NATS_CONNECT_TIMEOUT_S
+    validation: ValidationLimits = field(default_factory=ValidationLimits)
+    #: Keyword arguments for ``fastpath.engine.Engine``: capacities (max_orders,
+    #: max_positions, client_order_id_memory) or, in tests, kernel_class.
+    engine_options: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_host_port(self.listen, "--listen")
+        if self.metrics_listen is not None:
+            parse_host_port(self.metrics_listen, "--metrics-listen")
+        try:
+            validate_gateway_id(self.gateway_id)
+        except InvalidSubjectTokenError as exc:
+            raise ConfigError(f"--gateway-id: {exc}") from None
+        for name in _POSITIVE_SETTINGS:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0 (got {getattr(self, name)})")
+
+    @property
+    def outbox_path(self) -> Path:
+        return Path(self.data_dir) / OUTBOX_SUBDIR

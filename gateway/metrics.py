@@ -1,0 +1,168 @@
+"""Prometheus metrics of the gateway, served on their own port.
+
+A dedicated ``CollectorRegistry`` (not the process-global default) so that tests can build
+several gateways in one process and so that only gateway metrics are exposed. Per-order
+metrics are recorded through label children resolved once at start-up, so the hot path
+does no label formatting or lookup by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from fastpath.codes import Check
+from gateway.auth import wrap_method_handler
+from gateway.config import parse_host_port
+from pretrade.v1 import types_pb2
+
+#: Check latency buckets, in seconds: 1 us .. 10 ms. A pre-trade check lives in microseconds;
+#: anything past the last bucket is an incident, not a distribution.
+CHECK_LATENCY_BUCKETS_S = (
+    1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3,
+)
+RPC_LATENCY_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0)
+
+VERDICT_ACCEPT = "accept"
+VERDICT_REJECT = "reject"
+VERDICT_ACCEPT_VALUE = types_pb2.VERDICT_ACCEPT
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports, registered in one dedicated registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.check_latency = Histogram(
+            "pretrade_check_latency_seconds",
+            "Time to decide one order: kernel check and decision build.",
+            buckets=CHECK_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "pretrade_decisions_total", "Decisions by verdict.", ["verdict"], registry=self.registry
+        )
+        self.check_failures = Counter(
+            "pretrade_check_failures_total",
+            "Failed checks of rejected orders, by reason code (an order can fail several).",
+            ["code"],
+            registry=self.registry,
+        )
+        self.replays = Counter(
+            "pretrade_decision_replays_total",
+            "Idempotent retries answered with the original decision.",
+            registry=self.registry,
+        )
+        self.rpcs = Counter(
+            "pretrade_rpcs_total",
+            "Completed RPCs by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_latency = Histogram(
+            "pretrade_rpc_duration_seconds",
+            "RPC duration by method (streams: lifetime).",
+            ["method"],
+            buckets=RPC_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "pretrade_open_streams", "Open StreamOrders streams.", registry=self.registry
+        )
+        self.publish_lag = Gauge(
+            "pretrade_publish_lag_seconds",
+            "Age of the oldest decision not yet acknowledged by JetStream.",
+            registry=self.registry,
+        )
+        self.outbox_depth = Gauge(
+            "pretrade_outbox_depth",
+            "Decisions in the outbox not yet acknowledged by JetStream.",
+            registry=self.registry,
+        )
+        self.nats_connected = Gauge(
+            "pretrade_nats_connected", "1 while connected to NATS.", registry=self.registry
+        )
+        self.decisions_published = Counter(
+            "pretrade_decisions_published_total", "Decisions JetStream newly stored.", registry=self.registry
+        )
+        self.publish_failures = Counter(
+            "pretrade_publish_failures_total",
+            "Failed attempts to publish a batch of decisions.",
+            registry=self.registry,
+        )
+        self._accepted = self.decisions.labels(VERDICT_ACCEPT)
+        self._rejected = self.decisions.labels(VERDICT_REJECT)
+        self._failure_by_code = {code.name: self.check_failures.labels(code.name) for code in Check}
+
+    def observe_decision(self, decision, latency_s: float) -> None:
+        """Record one decided order (a ``pretrade.v1.Decision``); on the hot path."""
+        self.check_latency.observe(latency_s)
+        if decision.verdict == VERDICT_ACCEPT_VALUE:
+            self._accepted.inc()
+        else:
+            self._rejected.inc()
+            failure_by_code = self._failure_by_code
+            for failure in decision.failures:
+                failure_by_code[failure.code].inc()
+
+    def watch_publisher(
+        self,
+        publish_lag_s: Callable[[], float],
+        outbox_depth: Callable[[], int],
+        connected: Callable[[], bool],
+    ) -> None:
+        """Read publisher state at scrape time (no work on the order path)."""
+        self.publish_lag.set_function(publish_lag_s)
+        self.outbox_depth.set_function(outbox_depth)
+        self.nats_connected.set_function(lambda: 1.0 if connected() else 0.0)
+
+
+def _status_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    code = context.code()
+    if code is not None:
+        return code.name
+    if error is None:
+        return grpc.StatusCode.OK.name
+    if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+        return grpc.StatusCode.CANCELLED.name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and final status code and times it. Placed first (outermost)
+    so that calls refused by authentication are counted too."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        rpcs = self._metrics.rpcs
+        latency = self._metrics.rpc_latency.labels(method)
+
+        def after(context, started: float, error: BaseException | None) -> None:
+            latency.observe(time.perf_counter() - started)
+            rpcs.labels(method, _status_name(context, error)).inc()
+
+        return wrap_method_handler(handler, lambda _context: time.perf_counter(), after)
+
+
+class MetricsHttpServer:
+    """The /metrics HTTP endpoint (prometheus-client's threaded server)."""
+
+    def __init__(self, metrics: GatewayMetrics, listen: str) -> None:
+        host, port = parse_host_port(listen, "--metrics-listen")
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.port = self._server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

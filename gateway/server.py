@@ -1,0 +1,75 @@
+"""The ``grpc.aio`` server: services, interceptors, health and reflection on one port.
+
+:func:`create_server` builds the server without starting it (the gRPC examples' factory
+style) so that tests can bind port 0 and the application decides when to start and stop.
+Health (``grpc.health.v1``) and reflection are registered here and need no token; health
+is NOT_SERVING until the application says the gateway is ready (rules loaded, NATS
+connected, see :mod:`gateway.app`).
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.auth import AuthInterceptor, TokenStore
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics, MetricsInterceptor
+from gateway.servicer import AdminServicer, GatewayServicer
+from pretrade.v1 import gateway_pb2, gateway_pb2_grpc
+
+GATEWAY_SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+ADMIN_SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+#: Services whose health the gateway reports ("" is the server as a whole).
+HEALTH_SERVICE_NAMES = ("", GATEWAY_SERVICE_NAME, ADMIN_SERVICE_NAME)
+
+
+class ListenError(OSError):
+    """The gateway cannot bind its listen address (in use, or not a local address)."""
+
+
+async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Mark every gateway service SERVING or NOT_SERVING."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in HEALTH_SERVICE_NAMES:
+        await health_servicer.set(name, status)
+
+
+def create_server(
+    config: GatewayConfig,
+    *,
+    gateway_servicer: GatewayServicer,
+    admin_servicer: AdminServicer,
+    health_servicer: health.aio.HealthServicer,
+    tokens: TokenStore,
+    metrics: GatewayMetrics | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A configured, not yet started server and the port it bound (``config.listen`` may
+    ask for port 0). Interceptors: metrics outermost (so refused calls are counted), then
+    authentication. Beyond ``config.max_concurrent_rpcs`` calls gRPC answers
+    RESOURCE_EXHAUSTED."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if metrics is not None:
+        interceptors.append(MetricsInterceptor(metrics))
+    interceptors.append(AuthInterceptor(tokens))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        # gRPC sets SO_REUSEPORT by default: a second gateway on the same port would then
+        # silently share its traffic instead of failing to start.
+        options=(("grpc.so_reuseport", 0),),
+    )
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_servicer, server)
+    gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (GATEWAY_SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise ListenError(
+            f"--listen {config.listen}: cannot bind (address in use or not local): {exc}"
+        ) from None
+    return server, port

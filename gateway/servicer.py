@@ -1,0 +1,570 @@
+"""The gRPC services: the order gate (GatewayService) and gateway administration (AdminService).
+
+Hot path of one order (all on the event loop thread, no ``await`` between deciding and
+recording, so nothing can interleave and sequences are assigned in decision order):
+
+    validate the proto -> engine.check -> build the Decision (next sequence, gateway id,
+    rules version, timestamps, explained failures) -> serialize -> outbox.append ->
+    publisher.notify() -> respond
+
+The outbox append happens before the response is returned, so a decision a client has
+seen survives a crash of the gateway (``gateway.outbox``); the publisher copies it to
+JetStream in the background.
+
+Fail closed: an exception while deciding one order turns that order into a REJECT with
+reason code INTERNAL_ERROR (still recorded and published); an accepted order whose decision
+cannot be built or recorded is released in the kernel first. If the decision log itself
+cannot be written, the batch's orders are answered with unrecorded INTERNAL_ERROR rejects
+(sequence 0) and every kernel effect of the batch is undone.
+
+State the servicer keeps beside the kernel:
+
+* idempotency: ``(account, request_id)`` -> serialized decision, bounded (least recently
+  used entries go first); a retry gets the original decision with ``replayed = true``;
+* working orders: ``(account, client_order_id)`` -> kernel handle, so that execution
+  reports (which name orders the way the venue does) reach the kernel;
+* execution ids already applied, bounded, to drop duplicate reports;
+* open order streams, for cancel-on-disconnect and for control messages (kill switch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Callable
+
+import grpc
+
+from fastpath.codes import Check, ExecStatus
+from fastpath.errors import RulesError
+from fastpath.rules import load_rules
+from gateway.auth import current_principal
+from gateway.config import (
+    DEFAULT_EXECUTION_DEDUP_CAPACITY,
+    DEFAULT_IDEMPOTENCY_CAPACITY,
+    DEFAULT_MAX_OPEN_STREAMS,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.validation import RequestValidator, invalid_argument_status
+from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+
+log = logging.getLogger(__name__)
+
+_FILL_TYPES = frozenset((types_pb2.EXECUTION_TYPE_PARTIAL_FILL, types_pb2.EXECUTION_TYPE_FILL))
+_EXEC_STATUS_TO_PROTO = {
+    ExecStatus.OK: types_pb2.EXECUTION_STATUS_APPLIED,
+    ExecStatus.OVERFILL: types_pb2.EXECUTION_STATUS_OVERFILL,
+    ExecStatus.UNKNOWN_ORDER: types_pb2.EXECUTION_STATUS_UNKNOWN_ORDER,
+}
+#: Sequence of a decision that could not be recorded (the decision log failed).
+UNRECORDED_SEQUENCE = 0
+#: How long a control message (kill switch) may wait for one stream's flow control, seconds.
+DEFAULT_CONTROL_SEND_TIMEOUT_S = 2.0
+
+
+class BoundedMemory(OrderedDict):
+    """A dict that forgets its least recently used entries beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def remember(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class WorkingOrder:
+    """An accepted order the venue has not finished yet, as the servicer tracks it."""
+
+    __slots__ = ("key", "handle", "remaining_nanos", "stream")
+
+    def __init__(self, key: tuple[str, str], handle: int, remaining_nanos: int, stream: OrderStream | None):
+        self.key = key
+        self.handle = handle
+        self.remaining_nanos = remaining_nanos
+        self.stream = stream
+
+
+class OrderStream:
+    """One open StreamOrders call: where its responses go and which orders it owns."""
+
+    def __init__(self, stream_id: int, principal_name: str, context: grpc.aio.ServicerContext) -> None:
+        self.stream_id = stream_id
+        self.principal_name = principal_name
+        self.cancel_on_disconnect = False
+        self.working: set[WorkingOrder] = set()
+        self._context = context
+        self._write_lock = asyncio.Lock()  # decision batches and control messages interleave
+
+    async def send(self, response: gateway_pb2.StreamOrdersResponse) -> None:
+        async with self._write_lock:
+            await self._context.write(response)
+
+
+class OrderGate:
+    """Kernel + decision log + the servicer-side state (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine,
+        outbox,
+        publisher,
+        gateway_id: str,
+        *,
+        metrics: GatewayMetrics | None = None,
+        idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY,
+        execution_dedup_capacity: int = DEFAULT_EXECUTION_DEDUP_CAPACITY,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.publisher = publisher
+        self.gateway_id = gateway_id
+        self._metrics = metrics
+        self._clock = clock
+        self._next_sequence = outbox.last_sequence + 1
+        self._replies = BoundedMemory(idempotency_capacity)
+        self._applied_executions = BoundedMemory(execution_dedup_capacity)
+        self.working: dict[tuple[str, str], WorkingOrder] = {}
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the last decision recorded."""
+        return self._next_sequence - 1
+
+    # -- orders -----------------------------------------------------------------------------
+    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None) -> list:
+        """Decide validated orders in order, record the new decisions, return all decisions
+        (replays included) in request order."""
+        received_ns = self._clock()
+        decisions = []
+        records: list[tuple[int, bytes]] = []
+        remembered: list[tuple[str, str]] = []
+        accepted: list[WorkingOrder] = []
+        latencies: list[tuple[types_pb2.Decision, float]] = []
+        for order in orders:
+            started = time.perf_counter()
+            reply_key = (order.account, order.request_id) if order.request_id else None
+            if reply_key is not None:
+                original = self._replies.get(reply_key)
+                if original is not None:
+                    decision = types_pb2.Decision.FromString(original)
+                    decision.replayed = True
+                    decisions.append(decision)
+                    continue
+            sequence = self._next_sequence
+            self._next_sequence = sequence + 1
+            decision, payload, working = self._decide_one(order, sequence, received_ns, stream)
+            records.append((sequence, payload))
+            decisions.append(decision)
+            if working is not None:
+                accepted.append(working)
+            if reply_key is not None:
+                self._replies.remember(reply_key, payload)
+                remembered.append(reply_key)
+            latencies.append((decision, time.perf_counter() - started))
+        if records:
+            try:
+                self.outbox.append(records)
+            except Exception as exc:
+                log.exception("decision log append failed; rejecting %d orders unrecorded", len(records))
+                return self._undo_unrecorded(decisions, accepted, remembered, exc)
+            self.publisher.notify()
+        if self._metrics is not None:
+            self._observe(len(decisions) - len(latencies), latencies)
+        return decisions
+
+    def _observe(self, replays: int, latencies) -> None:
+        """Metrics of a decided batch, once it is recorded; a metrics failure must not turn
+        recorded decisions into an error response."""
+        try:
+            if replays:
+                self._metrics.replays.inc(replays)
+            for decision, latency_s in latencies:
+                self._metrics.observe_decision(decision, latency_s)
+        except Exception:
+            log.exception("recording decision metrics failed")
+
+    def _decide_one(self, order, sequence: int, received_ns: int, stream: OrderStream | None):
+        """(decision, serialized decision, new WorkingOrder or None) of one order; never raises."""
+        engine = self.engine
+        handle = -1
+        working = None
+        try:
+            result = engine.check(
+                order.account,
+                order.symbol,
+                order.strategy,
+                order.side,
+                order.order_type,
+                order.quantity_nanos,
+                order.price_nanos,
+                order.client_order_id,
+                self._clock(),
+            )
+            decision = types_pb2.Decision(
+                sequence=sequence,
+                gateway_id=self.gateway_id,
+                rules_version=engine.version,
+                received_ns=received_ns,
+                decided_ns=self._clock(),
+                order=order,
+            )
+            if result.accepted:
+                handle = result.handle
+                decision.verdict = types_pb2.VERDICT_ACCEPT
+                decision.order_handle = handle
+            else:
+                decision.verdict = types_pb2.VERDICT_REJECT
+                decision.failures.extend(
+                    types_pb2.CheckFailure(
+                        code=failure.code.name,
+                        limit=failure.limit,
+                        observed=failure.observed,
+                        rule_path=failure.rule_path or "",
+                        detail=failure.detail,
+                    )
+                    for failure in engine.failures(result)
+                )
+            payload = decision.SerializeToString()
+            if handle >= 0:
+                working = self._track(order, handle, stream)
+            return decision, payload, working
+        except Exception as exc:
+            log.exception(
+                "order path failed for %s/%s; rejecting with INTERNAL_ERROR",
+                order.account,
+                order.client_order_id,
+            )
+            if handle >= 0:
+                self._release_quietly(handle)
+            decision = self._internal_error_decision(order, sequence, received_ns, exc)
+            return decision, decision.SerializeToString(), None
+
+    def _internal_error_decision(self, order, sequence: int, received_ns: int, exc: BaseException):
+        return types_pb2.Decision(
+            verdict=types_pb2.VERDICT_REJECT,
+            failures=[
+                types_pb2.CheckFailure(code=Check.INTERNAL_ERROR.name, detail=f"error={type(exc).__name__}")
+            ],
+            sequence=sequence,
+            gateway_id=self.gateway_id,
+            rules_version=self.engine.version,
+            received_ns=received_ns,
+            decided_ns=self._clock(),
+            order=order,
+        )
+
+    def _undo_unrecorded(self, decisions, accepted, remembered, exc: BaseException) -> list:
+        """The decision log refused a batch: undo its kernel effects and answer every new
+        decision of it with an unrecorded INTERNAL_ERROR reject."""
+        for working in accepted:
+            self._forget(working)
+            self._release_quietly(working.handle)
+        for key in remembered:
+            self._replies.pop(key, None)
+        first_unrecorded = self.outbox.last_sequence + 1
+        self._next_sequence = first_unrecorded
+        # Replays of decisions recorded earlier stand; everything numbered in this batch
+        # (replays of this batch's own decisions included) was never recorded.
+        return [
+            decision
+            if decision.sequence < first_unrecorded
+            else self._internal_error_decision(decision.order, UNRECORDED_SEQUENCE, decision.received_ns, exc)
+            for decision in decisions
+        ]
+
+    def _release_quietly(self, handle: int) -> None:
+        try:
+            self.engine.release(handle)
+        except Exception:
+            log.exception("could not release kernel handle %d", handle)
+
+    # -- working orders ---------------------------------------------------------------------
+    def _track(self, order, handle: int, stream: OrderStream | None) -> WorkingOrder:
+        key = (order.account, order.client_order_id)
+        working = WorkingOrder(key, handle, order.quantity_nanos, stream)
+        previous = self.working.get(key)
+        if previous is not None:  # the kernel forgot the old id; the venue cannot mean both
+            self._forget(previous)
+        self.working[key] = working
+        if stream is not None:
+            stream.working.add(working)
+        return working
+
+    def _forget(self, working: WorkingOrder) -> None:
+        if self.working.get(working.key) is working:
+            del self.working[working.key]
+        if working.stream is not None:
+            working.stream.working.discard(working)
+
+    def release_stream_orders(self, stream: OrderStream) -> int:
+        """Cancel-on-disconnect: release every order of ``stream`` that is still working."""
+        released = 0
+        for working in list(stream.working):
+            self._forget(working)
+            if self.engine.release(working.handle) == ExecStatus.OK:
+                released += 1
+        return released
+
+    # -- executions and market data ----------------------------------------------------------
+    def apply_executions(self, executions) -> list[gateway_pb2.ExecutionResult]:
+        """Apply validated execution reports in order; one result per report."""
+        return [self._apply_execution(execution) for execution in executions]
+
+    def _apply_execution(self, execution) -> gateway_pb2.ExecutionResult:
+        result = gateway_pb2.ExecutionResult(
+            account=execution.account,
+            client_order_id=execution.client_order_id,
+            execution_id=execution.execution_id,
+        )
+        if execution.execution_id in self._applied_executions:
+            result.status = types_pb2.EXECUTION_STATUS_DUPLICATE
+            return result
+        working = self.working.get((execution.account, execution.client_order_id))
+        if working is None:
+            result.status = types_pb2.EXECUTION_STATUS_UNKNOWN_ORDER
+            return result
+        if execution.execution_type in _FILL_TYPES:
+            quantity = execution.last_quantity_nanos
+            status = self.engine.fill(working.handle, quantity, execution.last_price_nanos)
+            working.remaining_nanos -= quantity
+            order_ended = working.remaining_nanos <= 0 or status != ExecStatus.OK
+            if execution.execution_type == types_pb2.EXECUTION_TYPE_FILL and not order_ended:
+                # The venue says the order is done: release whatever the kernel still reserves.
+                self.engine.release(working.handle)
+                order_ended = True
+        else:
+            status = self.engine.release(working.handle)
+            order_ended = True
+        if status not in _EXEC_STATUS_TO_PROTO:
+            raise RuntimeError(f"kernel refused a validated execution: {status.name}")
+        if order_ended:
+            self._forget(working)
+        result.status = _EXEC_STATUS_TO_PROTO[status]
+        if status != ExecStatus.UNKNOWN_ORDER:
+            self._applied_executions.remember(execution.execution_id, True)
+        return result
+
+    def apply_reference_price(self, symbol: str, price_nanos: int, timestamp_ns: int) -> bool:
+        """Record a reference price; False for a symbol the rules do not declare."""
+        return self.engine.set_reference_price(symbol, price_nanos, timestamp_ns)
+
+
+# ------------------------------------------------------------------------------------------
+# Error handling shared by the servicers.
+# ------------------------------------------------------------------------------------------
+
+
+def _guarded(method):
+    """Turn any unexpected exception of a servicer method into INTERNAL with a message and
+    a reference to the log line, instead of gRPC's bare UNKNOWN."""
+
+    @functools.wraps(method)
+    async def guarded(self, request, context):
+        try:
+            return await method(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("unexpected error in %s (ref %s)", method.__name__, reference)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error in {method.__name__}: {type(exc).__name__} (gateway log ref {reference})",
+            )
+
+    return guarded
+
+
+async def _abort_if_invalid(context, violations) -> None:
+    if violations:
+        await context.abort_with_status(invalid_argument_status(violations))
+
+
+def _principal_name() -> str:
+    principal = current_principal.get()
+    return principal.name if principal is not None else ""
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """pretrade.v1.GatewayService over an :class:`OrderGate`."""
+
+    def __init__(
+        self,
+        gate: OrderGate,
+        validator: RequestValidator | None = None,
+        *,
+        max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.gate = gate
+        self.validator = validator or RequestValidator()
+        self.max_open_streams = max_open_streams
+        self._metrics = metrics
+        self._streams: dict[int, OrderStream] = {}
+        self._stream_ids = itertools.count(1)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @_guarded
+    async def CheckOrder(self, request, context):  # noqa: N802 (gRPC method name)
+        await _abort_if_invalid(context, self.validator.check_order_violations(request))
+        (decision,) = self.gate.decide((request.order,))
+        return gateway_pb2.CheckOrderResponse(decision=decision)
+
+    @_guarded
+    async def CheckOrders(self, request, context):  # noqa: N802
+        await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
+        return gateway_pb2.CheckOrdersResponse(decisions=self.gate.decide(request.orders))
+
+    @_guarded
+    async def StreamOrders(self, request_iterator, context):  # noqa: N802
+        if len(self._streams) >= self.max_open_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many open order streams (limit {self.max_open_streams})",
+            )
+        # Headers now, before any decision: a client can then tell "stream admitted" from
+        # "refused" before its first write (a write racing a refusal can mask its status).
+        await context.send_initial_metadata(())
+        stream = OrderStream(next(self._stream_ids), _principal_name(), context)
+        self._streams[stream.stream_id] = stream
+        if self._metrics is not None:
+            self._metrics.open_streams.inc()
+        try:
+            first = True
+            async for request in request_iterator:
+                if first:
+                    stream.cancel_on_disconnect = request.cancel_on_disconnect
+                    first = False
+                await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
+                decisions = self.gate.decide(request.orders, stream if stream.cancel_on_disconnect else None)
+                await stream.send(
+                    gateway_pb2.StreamOrdersResponse(
+                        decisions=gateway_pb2.DecisionBatch(batch_id=request.batch_id, decisions=decisions)
+                    )
+                )
+        finally:
+            del self._streams[stream.stream_id]
+            if self._metrics is not None:
+                self._metrics.open_streams.dec()
+            if stream.working:
+                released = self.gate.release_stream_orders(stream)
+                log.info(
+                    "stream %d of %s ended: cancel-on-disconnect released %d working orders",
+                    stream.stream_id,
+                    stream.principal_name,
+                    released,
+                )
+
+    async def broadcast_control(
+        self, message: gateway_pb2.ControlMessage, timeout_s: float = DEFAULT_CONTROL_SEND_TIMEOUT_S
+    ) -> int:
+        """Send ``message`` (e.g. CANCEL_ALL from the kill switch) to every open order
+        stream, concurrently so that one slow reader delays no one else; returns how many
+        streams took it within ``timeout_s`` (the others are logged)."""
+        response = gateway_pb2.StreamOrdersResponse(control=message)
+        streams = list(self._streams.values())
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(stream.send(response), timeout_s) for stream in streams),
+            return_exceptions=True,
+        )
+        reached = 0
+        for stream, outcome in zip(streams, outcomes):
+            if isinstance(outcome, BaseException):
+                log.warning("control message not delivered to stream %d: %r", stream.stream_id, outcome)
+            else:
+                reached += 1
+        return reached
+
+    @_guarded
+    async def ReportExecutions(self, request, context):  # noqa: N802
+        await _abort_if_invalid(context, self.validator.executions_violations(request))
+        return gateway_pb2.ReportExecutionsResponse(results=self.gate.apply_executions(request.executions))
+
+    @_guarded
+    async def UpdateReferencePrices(self, request, context):  # noqa: N802
+        await _abort_if_invalid(context, self.validator.reference_prices_violations(request, time.time_ns()))
+        response = gateway_pb2.UpdateReferencePricesResponse()
+        for price in request.prices:
+            if self.gate.apply_reference_price(price.symbol, price.price_nanos, price.timestamp_ns):
+                response.applied += 1
+            else:
+                response.unknown_symbols.append(price.symbol)
+        return response
+
+
+class RulesReloader:
+    """Recompile a rules file off the event loop thread and swap it into the engine on it.
+
+    Compilation takes milliseconds to seconds; the swap is one assignment, so the order
+    path never pauses. Reloads are serialized (one compile at a time). The default path is
+    the file the engine's current rules came from.
+    """
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self._lock = asyncio.Lock()
+
+    async def reload(self, path: str | None = None) -> tuple[str, str]:
+        """(previous version, new version); raises RulesError and keeps the old rules when
+        the file does not compile."""
+        async with self._lock:
+            source = path or self._engine.rules.source
+            rules = await asyncio.to_thread(load_rules, source, self._engine.interner)
+            previous = self._engine.version
+            self._engine.reload(rules)
+            log.info("rules reloaded from %s: %s -> %s", source, previous[:12], rules.version[:12])
+            return previous, rules.version
+
+
+class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
+    """pretrade.v1.AdminService: hot reload and status."""
+
+    def __init__(
+        self,
+        gate: OrderGate,
+        reloader: RulesReloader,
+        validator: RequestValidator | None = None,
+        *,
+        started_ns: int | None = None,
+    ) -> None:
+        self.gate = gate
+        self.reloader = reloader
+        self.validator = validator or RequestValidator()
+        self.started_ns = started_ns if started_ns is not None else time.time_ns()
+
+    @_guarded
+    async def ReloadRules(self, request, context):  # noqa: N802
+        await _abort_if_invalid(context, self.validator.reload_violations(request))
+        try:
+            previous, current = await self.reloader.reload(request.path or None)
+        except RulesError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("rules reloaded by %s", _principal_name())
+        return gateway_pb2.ReloadRulesResponse(previous_version=previous, rules_version=current)
+
+    @_guarded
+    async def GetStatus(self, request, context):  # noqa: N802
+        gate = self.gate
+        return gateway_pb2.GetStatusResponse(
+            gateway_id=gate.gateway_id,
+            rules_version=gate.engine.version,
+            rules_path=gate.engine.rules.source,
+            nats_connected=bool(gate.publisher.connected),
+            last_sequence=gate.last_sequence,
+            outbox_depth=gate.publisher.outbox_depth,
+            started_ns=self.started_ns,
+        )

@@ -1,0 +1,158 @@
+"""A gateway with halts, assembled in-process the way ``pretrade up`` is to wire it.
+
+Engine, decision outbox and publisher, order gate and GatewayService, HaltService with its
+manager, and a HaltFollower whose hooks reload the rules with overrides and broadcast
+CANCEL_ALL to the open order streams; one ``grpc.aio`` server on 127.0.0.1:0 whose auth
+interceptor admits ``HALT_METHOD_ROLES``. Used by the end-to-end tests and by
+``bench/bench_halts.py``; :class:`ThreadedGateway` runs it on its own event-loop thread so
+that synchronous clients measure it like a separate process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from pathlib import Path
+
+import grpc
+import nats
+
+from fastpath.engine import Engine
+from fastpath.rules import load_rules
+from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, Principal, TokenStore, generate_token, token_sha256
+from gateway.outbox import DecisionOutbox
+from gateway.publisher import DecisionPublisher
+from gateway.servicer import GatewayServicer, OrderGate
+from halts.follower import HaltFollower
+from halts.manager import HaltManager
+from halts.servicer import HALT_METHOD_ROLES, add_halt_service
+from halts.store import HaltStore
+from pretrade.v1 import gateway_pb2_grpc
+
+EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
+GATEWAY_ID = "gw-halts"
+#: name -> roles of the principals the test gateway admits.
+PRINCIPALS = {
+    "trader": ("trader",),
+    "alice": ("operator",),
+    "bob": ("operator",),
+    "admin": ("admin",),
+    "watchdog:pnl": ("operator",),
+}
+
+try:  # prefer the compiled kernel
+    from fastpath.kernel import Kernel as KERNEL_CLASS
+except ImportError:  # pragma: no cover - only on a broken build
+    from fastpath.reference import ReferenceKernel as KERNEL_CLASS
+
+
+class InProcessGateway:
+    """See the module docstring. ``await start()`` returns once the follower has loaded the
+    halt state (the point at which the gateway would turn health SERVING)."""
+
+    def __init__(self, data_dir: Path, nats_url: str, *, follower_options: dict | None = None) -> None:
+        self.data_dir = data_dir
+        self.nats_url = nats_url
+        self.follower_options = follower_options or {}
+        self.tokens = {name: generate_token() for name in PRINCIPALS}
+        self.engine = Engine(load_rules(EXAMPLE_RULES), kernel_class=KERNEL_CLASS)
+        self.port = 0
+        self.gateway_servicer: GatewayServicer | None = None
+        self.manager: HaltManager | None = None
+        self.follower: HaltFollower | None = None
+        self._outbox: DecisionOutbox | None = None
+        self._publisher: DecisionPublisher | None = None
+        self._server: grpc.aio.Server | None = None
+        self._connections: list = []
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def metadata(self, name: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens[name]}"),)
+
+    def reload_rules(self, overrides) -> None:
+        self.engine.reload(load_rules(EXAMPLE_RULES, self.engine.interner, overrides))
+
+    async def start(self) -> None:
+        self._outbox = DecisionOutbox(self.data_dir / "outbox")
+        self._publisher = DecisionPublisher(self._outbox, GATEWAY_ID)
+        gate = OrderGate(self.engine, self._outbox, self._publisher, GATEWAY_ID)
+        self.gateway_servicer = GatewayServicer(gate)
+
+        manager_nc = await self._connect("pretrade-halt-manager")
+        follower_nc = await self._connect("pretrade-halt-follower")
+        self.manager = HaltManager(await HaltStore.open(manager_nc))
+        self.follower = HaltFollower(
+            follower_nc,
+            self.engine,
+            reload_rules=self.reload_rules,
+            on_cancel_all=self.gateway_servicer.broadcast_control,
+            **self.follower_options,
+        )
+
+        store = TokenStore(
+            {token_sha256(self.tokens[name]): Principal(name, frozenset(roles)) for name, roles in PRINCIPALS.items()}
+        )
+        self._server = grpc.aio.server(
+            interceptors=[AuthInterceptor(store, {**DEFAULT_METHOD_ROLES, **HALT_METHOD_ROLES})]
+        )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.gateway_servicer, self._server)
+        add_halt_service(self._server, self.manager)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        await self._publisher.start(self.nats_url)
+        await self.manager.start()
+        await self.follower.start()
+
+    async def _connect(self, name: str):
+        nc = await nats.connect(
+            self.nats_url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.05
+        )
+        self._connections.append(nc)
+        return nc
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0.5)
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.manager is not None:
+            await self.manager.stop()
+        if self._publisher is not None:
+            await self._publisher.stop(1.0)
+        for nc in self._connections:
+            await nc.close()
+        if self._outbox is not None:
+            self._outbox.close()
+
+
+class ThreadedGateway:
+    """An :class:`InProcessGateway` on its own event loop in a daemon thread."""
+
+    def __init__(self, data_dir: Path, nats_url: str, **options) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-loop", daemon=True)
+        self.gateway = InProcessGateway(data_dir, nats_url, **options)
+
+    def run(self, coroutine, timeout_s: float = 30.0):
+        """Run ``coroutine`` on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    def __enter__(self) -> InProcessGateway:
+        self._thread.start()
+        try:
+            self.run(self.gateway.start())
+        except (Exception, concurrent.futures.TimeoutError):
+            self.__exit__()
+            raise
+        return self.gateway
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.run(self.gateway.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
