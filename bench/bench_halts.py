@@ -3,10 +3,10 @@
     .venv/bin/python -m pytest bench/bench_halts.py --benchmark-only -s     # measure (500 halts)
     .venv/bin/python -m pytest bench/bench_halts.py --benchmark-disable -s  # quick smoke (20 halts)
 
-Setup: a local file-backed nats-server and a gateway assembled as ``pretrade up`` wires it
-(``tests/halts/harness.py``: GatewayService + HaltService + manager + HaltFollower on one
-gRPC server, on its own event-loop thread), called over loopback by synchronous gRPC clients
-in this thread, an operator (``alice``) and a trader.
+Setup: a local file-backed nats-server and, in a process of its own on uvloop, a gateway
+assembled as ``pretrade up`` wires it (``tests/halts/harness.py``: GatewayService +
+HaltService + manager + HaltFollower on one gRPC server), called over loopback by
+synchronous gRPC clients in this process: an operator (``alice``) and a trader.
 
 One cycle: alice halts SYMBOL AAPL (RequestHalt); right after it returns (wall clock
 ``t_return``) the trader sends CheckOrder for AAPL until one is rejected with
@@ -20,7 +20,9 @@ RequestHalt call itself and how many orders were still accepted after RequestHal
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,10 +33,7 @@ import pytest
 from gateway.embedded_nats import EmbeddedNats
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, halts_pb2, halts_pb2_grpc, trading_pb2, types_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.halts.harness
-
-from tests.halts.harness import ThreadedGateway  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HALT_CYCLES = 500
 SMOKE_HALT_CYCLES = 20
 PRICE_NANOS = 100 * 10**9
@@ -50,11 +49,11 @@ def percentile(values: list[float], fraction: float) -> float:
 class HaltLatencyProbe:
     """The two clients of one benchmark run and the cycle they repeat."""
 
-    def __init__(self, gateway, channel) -> None:
+    def __init__(self, tokens: dict[str, str], channel) -> None:
         self.halts = halts_pb2_grpc.HaltServiceStub(channel)
         self.orders = gateway_pb2_grpc.GatewayServiceStub(channel)
-        self.alice = gateway.metadata("alice")
-        self.trader = gateway.metadata("trader")
+        self.alice = (("authorization", f"Bearer {tokens['alice']}"),)
+        self.trader = (("authorization", f"Bearer {tokens['trader']}"),)
         self.ids = itertools.count()
         self.latencies_us: list[float] = []
         self.request_halt_us: list[float] = []
@@ -70,7 +69,8 @@ class HaltLatencyProbe:
             quantity_nanos=10**9,
             price_nanos=PRICE_NANOS,
         )
-        decision = self.orders.CheckOrder(gateway_pb2.CheckOrderRequest(order=order), metadata=self.trader).decision
+        request = gateway_pb2.CheckOrderRequest(order=order)
+        decision = self.orders.CheckOrder(request, metadata=self.trader).decision
         if decision.verdict == types_pb2.VERDICT_ACCEPT:  # keep the account's working orders low
             self.orders.ReportExecutions(
                 gateway_pb2.ReportExecutionsRequest(
@@ -96,7 +96,10 @@ class HaltLatencyProbe:
     def cycle(self) -> None:
         self.refresh_reference_price()
         halt = halts_pb2.RequestHaltRequest(
-            scope=trading_pb2.SCOPE_SYMBOL, name="AAPL", state=trading_pb2.TRADING_STATE_HALTED, reason="bench"
+            scope=trading_pb2.SCOPE_SYMBOL,
+            name="AAPL",
+            state=trading_pb2.TRADING_STATE_HALTED,
+            reason="bench",
         )
         called_ns = time.time_ns()
         self.halts.RequestHalt(halt, metadata=self.alice)
@@ -119,15 +122,29 @@ class HaltLatencyProbe:
 
 @pytest.fixture
 def gateway(tmp_path):
-    with EmbeddedNats(tmp_path / "nats") as nats_server, ThreadedGateway(tmp_path, nats_server.url) as gateway:
-        yield gateway
+    """The gateway process: (target, tokens)."""
+    with EmbeddedNats(tmp_path / "nats") as nats_server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.halts.harness", nats_server.url, str(tmp_path / "gateway")],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            started = json.loads(process.stdout.readline())
+            yield started["target"], started["tokens"]
+        finally:
+            process.stdin.close()
+            process.wait(10)
 
 
 def test_halt_to_first_rejected_order(benchmark, gateway):
+    target, tokens = gateway
     cycles = SMOKE_HALT_CYCLES if benchmark.disabled else HALT_CYCLES
-    with grpc.insecure_channel(gateway.target) as channel:
-        probe = HaltLatencyProbe(gateway, channel)
-        probe.cycle()  # warm-up: connections, JIT-free paths, the follower's first change
+    with grpc.insecure_channel(target) as channel:
+        probe = HaltLatencyProbe(tokens, channel)
+        probe.cycle()  # warm-up: channel, streams and caches; left out of the figures
 
         def run() -> None:
             for _ in range(cycles):

@@ -7,6 +7,7 @@ module exposes them by name in ``ENUMS`` so a test can prove it); C enum
 members share one namespace, hence the prefixes.
 """
 
+cimport cython
 from cpython.pythread cimport PyThread_type_lock
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -223,13 +224,15 @@ cdef struct OrderTicket:  # one order as the core reads it
     int64_t client_order_key
     int64_t now_ns
 
-cdef struct Verdict:  # where the core writes a decision's failures
+cdef struct Verdict:  # a decision being made: the failure mask and every check's detail
     uint64_t failed
-    int64_t* limits  # N_CHECKS entries, written only at failed codes
-    int64_t* observed
-    int32_t* paths
+    # Written for every check evaluated, failed or not (so that checks need no branch);
+    # only the entries of failed codes mean anything, and only those are copied out.
+    pt_i128 limits[N_CHECKS]
+    pt_i128 observed[N_CHECKS]
+    int32_t paths[N_CHECKS]
 
-
+@cython.final
 cdef class RuleView:
     """Typed, validated views of one ``RuleTables``, plus its per-id rows packed into
     records; immutable once built."""
@@ -288,6 +291,7 @@ cdef class RuleView:
     cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil
 
 
+@cython.final
 cdef class CheckResult:
     """Decision of one order: failure mask, handle and the details of failed checks."""
 
@@ -299,6 +303,7 @@ cdef class CheckResult:
     cdef int32_t paths[N_CHECKS]
 
 
+@cython.final
 cdef class Kernel:
     cdef readonly RuleView view
     cdef readonly Py_ssize_t max_orders
@@ -357,7 +362,7 @@ cdef class Kernel:
     cdef void end_order(self, int32_t slot) noexcept nogil
     cdef void prefetch_order(self, RuleView view, int64_t account_id, int64_t symbol_id,
                              int64_t client_order_key) noexcept nogil
-    cdef void prefetch_position(self, int64_t account_id, int64_t symbol_id) noexcept nogil
+    cdef void prefetch_position(self, RuleView view, int64_t account_id, int64_t symbol_id) noexcept nogil
     cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil
     cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil
     cdef bint remembers(self, int64_t client_order_key) noexcept nogil

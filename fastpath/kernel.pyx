@@ -57,6 +57,7 @@ cdef extern from *:
     #define PT_MAX_INDEXED_ID ((int64_t)0x7FFFFFFF)
     """
     void PT_PREFETCH(const void* address) noexcept nogil
+    int count_trailing_zeros "__builtin_ctzll" (unsigned long long value) noexcept nogil
     const int64_t LIMIT_UNSET "PT_LIMIT_UNSET"
     const int64_t LIMIT_UNLIMITED "PT_LIMIT_UNLIMITED"
     const int64_t PPM_SCALE "PT_PPM_SCALE"
@@ -241,12 +242,29 @@ cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
     return value ^ (value >> 31)
 
 
-cdef inline void fail(Verdict* verdict, int code, pt_i128 limit, pt_i128 observed,
-                      int32_t path) noexcept nogil:
-    verdict.failed |= (<uint64_t>1) << code
-    verdict.limits[code] = saturate(limit)
-    verdict.observed[code] = saturate(observed)
+cdef inline void record(Verdict* verdict, bint failed, int code, pt_i128 limit, pt_i128 observed,
+                        int32_t path) noexcept nogil:
+    """One check's outcome: its bit joins the mask if it failed; its detail is written
+    either way, so the caller computes ``failed`` without a branch (a realistic order mix
+    makes most checks' outcomes unpredictable, and a mispredicted branch costs more than
+    these stores)."""
+    verdict.failed |= (<uint64_t>failed) << code
+    verdict.limits[code] = limit
+    verdict.observed[code] = observed
     verdict.paths[code] = path
+
+
+cdef inline void write_details(const Verdict* verdict, int64_t* limits, int64_t* observed,
+                               int32_t* paths) noexcept nogil:
+    """Copy the details of the failed checks only, saturated to int64 as the reference does."""
+    cdef uint64_t remaining = verdict.failed
+    cdef int code
+    while remaining:
+        code = count_trailing_zeros(remaining)
+        limits[code] = saturate(verdict.limits[code])
+        observed[code] = saturate(verdict.observed[code])
+        paths[code] = verdict.paths[code]
+        remaining &= remaining - 1
 
 
 cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price) noexcept nogil:
@@ -254,6 +272,12 @@ cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price)
     if order_type == ORDER_TYPE_LIMIT:
         return price
     return INT64_MAX if side == SIDE_BUY else 0
+
+
+#: What an account x symbol pair without a position record reads as: nothing held, no
+#: working order, no recent order.
+cdef PositionState NO_POSITION
+NO_POSITION.first_order = -1
 
 
 # ---------------------------------------------------------------------------------------
@@ -453,21 +477,21 @@ cdef class RuleView:
                 raise ValueError(f"{source}: RuleTables.override_keys is not strictly increasing")
 
     cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil:
-        """Row of the account x symbol override with this key, or -1."""
-        cdef Py_ssize_t low = 0
-        cdef Py_ssize_t high = self.n_overrides
-        cdef Py_ssize_t middle
-        cdef int64_t found
-        while low < high:
-            middle = (low + high) >> 1
-            found = self.override_keys[middle]
-            if found < pair_key:
-                low = middle + 1
-            elif found > pair_key:
-                high = middle
-            else:
-                return middle
-        return -1
+        """Row of the account x symbol override with this key, or -1.
+
+        A binary search whose steps select with a conditional move instead of branching:
+        the comparisons of random keys are coin flips a branch predictor cannot learn.
+        """
+        cdef Py_ssize_t base = 0
+        cdef Py_ssize_t length = self.n_overrides
+        cdef Py_ssize_t half
+        if length == 0:
+            return -1
+        while length > 1:
+            half = length >> 1
+            base = base + half if self.override_keys[base + half] <= pair_key else base
+            length -= half
+        return base if self.override_keys[base] == pair_key else -1
 
 
 # ---------------------------------------------------------------------------------------
@@ -771,12 +795,10 @@ cdef class Kernel:
         order.price = price
         order.client_order_key = client_order_key
         order.now_ns = now_ns
-        verdict.limits = result.limits
-        verdict.observed = result.observed
-        verdict.paths = result.paths
         self.lock_state()
         result.failed = self.decide(view, &order, &verdict, &result.handle)
         self.unlock_state()
+        write_details(&verdict, result.limits, result.observed, result.paths)
         result.accepted = result.failed == 0
         return result
 
@@ -872,7 +894,7 @@ cdef class Kernel:
                     )
                 if i + PREFETCH_DISTANCE // 2 < n:
                     self.prefetch_position(
-                        account_column[i + PREFETCH_DISTANCE // 2], symbol_column[i + PREFETCH_DISTANCE // 2]
+                        view, account_column[i + PREFETCH_DISTANCE // 2], symbol_column[i + PREFETCH_DISTANCE // 2]
                     )
                 order.account_id = account_column[i]
                 order.symbol_id = symbol_column[i]
@@ -883,11 +905,11 @@ cdef class Kernel:
                 order.price = price_column[i]
                 order.client_order_key = key_column[i]
                 order.now_ns = now_column[i] if now_per_order else now_scalar
-                verdict.limits = &limit_rows[i, 0]
-                verdict.observed = &observed_rows[i, 0]
-                verdict.paths = &path_rows[i, 0]
                 failed_column[i] = self.decide(view, &order, &verdict, &handle_column[i])
-                accepted += failed_column[i] == 0
+                if verdict.failed:
+                    write_details(&verdict, &limit_rows[i, 0], &observed_rows[i, 0], &path_rows[i, 0])
+                else:
+                    accepted += 1
             self.unlock_state()
         return accepted
 
@@ -895,8 +917,11 @@ cdef class Kernel:
                          int64_t* handle) noexcept nogil:
         """The whole of ``ReferenceKernel.check`` for one order; the lock is held.
 
-        Writes the failure details into ``verdict`` and, on accept, moves the state and
-        writes the handle. Returns the failure mask (0 = accepted).
+        Records every check in ``verdict`` (see :func:`record`) and, on accept, moves the
+        state and writes the handle. Returns the failure mask (0 = accepted). Checks whose
+        outcome an order mix makes unpredictable are computed without branches; branches
+        remain where the outcome is stable (stage A, which rules are configured, rates,
+        trading states) or where work must be skipped (a missing position, a division).
         """
         cdef int64_t account_id = order.account_id
         cdef int64_t symbol_id = order.symbol_id
@@ -910,26 +935,48 @@ cdef class Kernel:
         verdict.failed = 0
 
         # ---- stage A: validity and identity --------------------------------------------
-        if side < SIDE_BUY or side > SIDE_SELL_SHORT:
-            fail(verdict, CHECK_INVALID_SIDE, 0, side, NO_PATH)
-        if order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET:
-            fail(verdict, CHECK_INVALID_ORDER_TYPE, 0, order_type, NO_PATH)
-        if qty <= 0:
-            fail(verdict, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
-        if order_type == ORDER_TYPE_LIMIT and price <= 0:
-            fail(verdict, CHECK_INVALID_PRICE, 0, price, NO_PATH)
-        if account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active:
-            fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
-        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active:
-            fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
-        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active:
-            fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
+        record(verdict, side < SIDE_BUY or side > SIDE_SELL_SHORT, CHECK_INVALID_SIDE, 0, side, NO_PATH)
+        record(
+            verdict,
+            order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET,
+            CHECK_INVALID_ORDER_TYPE,
+            0,
+            order_type,
+            NO_PATH,
+        )
+        record(verdict, qty <= 0, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
+        record(verdict, order_type == ORDER_TYPE_LIMIT and price <= 0, CHECK_INVALID_PRICE, 0, price, NO_PATH)
+        record(
+            verdict,
+            account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active,
+            CHECK_UNKNOWN_ACCOUNT,
+            0,
+            account_id,
+            NO_PATH,
+        )
+        record(
+            verdict,
+            symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active,
+            CHECK_UNKNOWN_SYMBOL,
+            0,
+            symbol_id,
+            NO_PATH,
+        )
+        record(
+            verdict,
+            strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active,
+            CHECK_UNKNOWN_STRATEGY,
+            0,
+            strategy_id,
+            NO_PATH,
+        )
         if verdict.failed:
             return verdict.failed
 
         # ---- stage B --------------------------------------------------------------------
         cdef const AccountRule* account_rule = &view.accounts[account_id]
         cdef const SymbolRule* symbol_rule = &view.symbols[symbol_id]
+        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
         cdef AccountState* account = &self.accounts[account_id]
         cdef SymbolState* symbol = &self.symbols[symbol_id]
         cdef StrategyState* strategy = &self.strategies[strategy_id]
@@ -937,36 +984,30 @@ cdef class Kernel:
         cdef bint is_buy = side == SIDE_BUY
         cdef int64_t pair_key = account_id << 32 | symbol_id
         cdef Py_ssize_t position_index = self.find_position(pair_key)
-        cdef PositionState* pos
-        cdef PositionState no_position
+        cdef const PositionState* pos = &NO_POSITION
         if position_index >= 0:
             pos = &self.positions[position_index]
-        else:
-            no_position.position = 0
-            no_position.working_buy = 0
-            no_position.working_sell = 0
-            no_position.first_order = -1
-            no_position.recent_count = 0
-            pos = &no_position
 
         # validity against reference data
         cdef int64_t tick = symbol_rule.tick
-        if is_limit and price % tick:
-            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
-        if qty % symbol_rule.lot:
-            fail(verdict, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
+        record(verdict, is_limit & (price % tick != 0), CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
+        record(verdict, qty % symbol_rule.lot != 0, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
 
         # reference price
-        cdef int64_t max_age = symbol_rule.max_ref_age_ns
         cdef int64_t ref_price = symbol.reference_price
         cdef pt_i128 ref_age = <pt_i128>now_ns - symbol.reference_ts_ns
-        cdef bint fresh = False
-        if ref_price <= 0:
-            fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
-        elif ref_age > max_age:
-            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, symbol_rule.max_ref_age_path)
-        else:
-            fresh = True
+        cdef bint has_reference = ref_price > 0
+        cdef bint stale = has_reference & (ref_age > symbol_rule.max_ref_age_ns)
+        cdef bint fresh = has_reference & (not stale)
+        record(verdict, not has_reference, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
+        record(
+            verdict,
+            stale,
+            CHECK_REFERENCE_PRICE_STALE,
+            symbol_rule.max_ref_age_ns,
+            ref_age,
+            symbol_rule.max_ref_age_path,
+        )
 
         # limits the order needs: the account chain (override row, else the account's row
         # with the firm folded in) against the symbol cap; the smaller wins, ties the chain
@@ -976,6 +1017,7 @@ cdef class Kernel:
         cdef int64_t chain
         cdef int32_t chain_path
         cdef int64_t cap
+        cdef bint chain_wins
         cdef int kind
         for kind in range(N_LIMIT_KINDS):
             chain = LIMIT_UNSET
@@ -985,14 +1027,11 @@ cdef class Kernel:
                 chain_path = view.override_limit_paths[override, kind]
             if chain == LIMIT_UNSET:
                 chain = account_rule.limits[kind]
-                chain_path = account_rule.limit_paths[kind]
+                chain_path = account_rule.limit_paths[kind] if chain != LIMIT_UNSET else NO_PATH
             cap = symbol_rule.limits[kind]
-            if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
-                limit[kind] = chain
-                limit_path[kind] = chain_path if chain != LIMIT_UNSET else NO_PATH
-            else:
-                limit[kind] = cap
-                limit_path[kind] = symbol_rule.limit_paths[kind]
+            chain_wins = (cap == LIMIT_UNSET) | ((chain != LIMIT_UNSET) & (chain <= cap))
+            limit[kind] = chain if chain_wins else cap
+            limit_path[kind] = chain_path if chain_wins else symbol_rule.limit_paths[kind]
         cdef int64_t qty_limit = limit[<int>LIMIT_KIND_MAX_ORDER_QTY]
         cdef int64_t notional_limit = limit[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL]
         cdef int64_t long_limit = limit[<int>LIMIT_KIND_MAX_LONG_POSITION]
@@ -1003,34 +1042,21 @@ cdef class Kernel:
         cdef int64_t max_working = account_rule.max_working
         cdef int64_t account_rate_orders = account_rule.rate_orders
         cdef int64_t account_rate_window = account_rule.rate_window_ns
-        cdef int64_t strategy_rate_orders = LIMIT_UNSET
-        cdef int64_t strategy_rate_window = 0
-        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
-        if strategy_id != 0:
-            strategy_rate_orders = strategy_rule.rate_orders
-            strategy_rate_window = strategy_rule.rate_window_ns
+        cdef int64_t strategy_rate_orders = strategy_rule.rate_orders if strategy_id != 0 else LIMIT_UNSET
+        cdef int64_t strategy_rate_window = strategy_rule.rate_window_ns
 
-        cdef int64_t missing = 0
-        if qty_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_ORDER_QTY
-        if notional_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_ORDER_NOTIONAL
-        if long_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_LONG_POSITION
-        if short_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_SHORT_POSITION
-        if credit == LIMIT_UNSET:
-            missing |= MISSING_CREDIT_LIMIT
-        if max_working == LIMIT_UNSET:
-            missing |= MISSING_MAX_WORKING_ORDERS
-        if account_rate_orders == LIMIT_UNSET:
-            missing |= MISSING_ACCOUNT_ORDER_RATE
-        if is_limit and collar_ppm == LIMIT_UNSET and collar_ticks == LIMIT_UNSET:
-            missing |= MISSING_PRICE_COLLAR
-        if strategy_id != 0 and strategy_rate_orders == LIMIT_UNSET:
-            missing |= MISSING_STRATEGY_ORDER_RATE
-        if missing:
-            fail(verdict, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
+        cdef int64_t missing = (
+            (qty_limit == LIMIT_UNSET) * MISSING_MAX_ORDER_QTY
+            | (notional_limit == LIMIT_UNSET) * MISSING_MAX_ORDER_NOTIONAL
+            | (long_limit == LIMIT_UNSET) * MISSING_MAX_LONG_POSITION
+            | (short_limit == LIMIT_UNSET) * MISSING_MAX_SHORT_POSITION
+            | (is_limit & (collar_ppm == LIMIT_UNSET) & (collar_ticks == LIMIT_UNSET)) * MISSING_PRICE_COLLAR
+            | (credit == LIMIT_UNSET) * MISSING_CREDIT_LIMIT
+            | (max_working == LIMIT_UNSET) * MISSING_MAX_WORKING_ORDERS
+            | (account_rate_orders == LIMIT_UNSET) * MISSING_ACCOUNT_ORDER_RATE
+            | ((strategy_id != 0) & (strategy_rate_orders == LIMIT_UNSET)) * MISSING_STRATEGY_ORDER_RATE
+        )
+        record(verdict, missing != 0, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
 
         # trading state: the most restrictive scope wins; the first scope holding it is reported
         cdef uint8_t effective = self.firm_state
@@ -1044,103 +1070,108 @@ cdef class Kernel:
         if symbol.trading_state > effective:
             effective = symbol.trading_state
             scope = SCOPE_SYMBOL
-        cdef pt_i128 reducible
-        cdef pt_i128 after
-        if effective == TRADING_STATE_HALTED:
-            fail(verdict, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
-        elif effective == TRADING_STATE_REDUCING:
-            if is_buy:
-                reducible = -<pt_i128>pos.position
-                after = <pt_i128>pos.working_buy + qty
-            else:
-                reducible = pos.position
-                after = <pt_i128>pos.working_sell + qty
-            if reducible < 0:
-                reducible = 0
-            if after > reducible:
-                fail(verdict, CHECK_REDUCE_ONLY_VIOLATION, reducible, after, NO_PATH)
+        record(verdict, effective == TRADING_STATE_HALTED, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
+        cdef pt_i128 reducible = -<pt_i128>pos.position if is_buy else <pt_i128>pos.position
+        if reducible < 0:
+            reducible = 0
+        cdef pt_i128 after = (<pt_i128>pos.working_buy if is_buy else <pt_i128>pos.working_sell) + qty
+        record(
+            verdict,
+            (effective == TRADING_STATE_REDUCING) & (after > reducible),
+            CHECK_REDUCE_ONLY_VIOLATION,
+            reducible,
+            after,
+            NO_PATH,
+        )
 
         # restricted list: firm-wide first, then the account's own
         cdef uint8_t side_bit = 1 << side
-        if symbol_rule.restricted_sides & side_bit:
-            fail(verdict, CHECK_SYMBOL_RESTRICTED, symbol_rule.restricted_sides, side, symbol_rule.restricted_path)
-        elif override >= 0 and view.override_restricted_sides[override] & side_bit:
-            fail(
-                verdict,
-                CHECK_SYMBOL_RESTRICTED,
-                view.override_restricted_sides[override],
-                side,
-                view.override_restricted_path[override],
-            )
+        cdef uint8_t account_restricted_sides = 0
+        cdef int32_t account_restricted_path = NO_PATH
+        if override >= 0:
+            account_restricted_sides = view.override_restricted_sides[override]
+            account_restricted_path = view.override_restricted_path[override]
+        cdef bint firm_restricts = (symbol_rule.restricted_sides & side_bit) != 0
+        record(
+            verdict,
+            firm_restricts | ((account_restricted_sides & side_bit) != 0),
+            CHECK_SYMBOL_RESTRICTED,
+            symbol_rule.restricted_sides if firm_restricts else account_restricted_sides,
+            side,
+            symbol_rule.restricted_path if firm_restricts else account_restricted_path,
+        )
 
         # order size
-        if qty_limit != LIMIT_UNSET and qty > qty_limit:
-            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY])
+        record(
+            verdict,
+            (qty_limit != LIMIT_UNSET) & (qty > qty_limit),
+            CHECK_MAX_ORDER_QTY_EXCEEDED,
+            qty_limit,
+            qty,
+            limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY],
+        )
         cdef int64_t effective_price = price if is_limit else ref_price
         cdef int64_t notional = -1
         if effective_price > 0:
             notional = notional_micros(qty, effective_price, symbol_rule.multiplier)
-        if notional >= 0 and notional_limit != LIMIT_UNSET and notional > notional_limit:
-            fail(
-                verdict,
-                CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
-                notional_limit,
-                notional,
-                limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
-            )
+        record(
+            verdict,
+            (notional >= 0) & (notional_limit != LIMIT_UNSET) & (notional > notional_limit),
+            CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
+            notional_limit,
+            notional,
+            limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
+        )
 
-        # price collar: the tighter of the percentage and tick bands around a fresh reference
-        cdef bint has_band = False
-        cdef pt_i128 band = 0
-        cdef pt_i128 tick_band
-        cdef int32_t band_path = NO_PATH
-        if is_limit and fresh:
-            if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
-                band = mul_div(ref_price, collar_ppm, PPM_SCALE, False)
-                band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
-                has_band = True
-            if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
-                tick_band = <pt_i128>collar_ticks * tick
-                if not has_band or tick_band < band:
-                    band = tick_band
-                    band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
-                    has_band = True
-            if has_band:
-                if <pt_i128>price - ref_price > band:
-                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price + band, price, band_path)
-                elif <pt_i128>ref_price - price > band:
-                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price - band, price, band_path)
+        # price collar: the tighter of the percentage and tick bands around a fresh
+        # reference (both computed; where a band does not apply its value is ignored)
+        cdef bint ppm_applies = (collar_ppm != LIMIT_UNSET) & (collar_ppm != LIMIT_UNLIMITED)
+        cdef bint ticks_apply = (collar_ticks != LIMIT_UNSET) & (collar_ticks != LIMIT_UNLIMITED)
+        cdef pt_i128 ppm_band = mul_div(<uint64_t>ref_price, <uint64_t>collar_ppm, PPM_SCALE, False)
+        cdef pt_i128 tick_band = <pt_i128>collar_ticks * tick
+        cdef bint use_ticks = ticks_apply & ((not ppm_applies) | (tick_band < ppm_band))
+        cdef pt_i128 band = tick_band if use_ticks else ppm_band
+        cdef bint above = <pt_i128>price - ref_price > band
+        cdef bint below = <pt_i128>ref_price - price > band
+        record(
+            verdict,
+            is_limit & fresh & (ppm_applies | ticks_apply) & (above | below),
+            CHECK_PRICE_COLLAR_BREACHED,
+            ref_price + band if above else ref_price - band,
+            price,
+            limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS] if use_ticks else limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM],
+        )
 
         # credit: working + filled + this order
-        cdef pt_i128 exposure
-        if notional >= 0 and credit != LIMIT_UNSET:
-            exposure = <pt_i128>account.working_notional + account.filled_notional + notional
-            if exposure > credit:
-                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, account_rule.credit_path)
+        cdef pt_i128 exposure = <pt_i128>account.working_notional + account.filled_notional + notional
+        record(
+            verdict,
+            (notional >= 0) & (credit != LIMIT_UNSET) & (exposure > credit),
+            CHECK_CREDIT_LIMIT_EXCEEDED,
+            credit,
+            exposure,
+            account_rule.credit_path,
+        )
 
         # position, counting working orders on the side that increases it
-        cdef pt_i128 position_after
-        if is_buy:
-            if long_limit != LIMIT_UNSET:
-                position_after = <pt_i128>pos.position + pos.working_buy + qty
-                if position_after > long_limit:
-                    fail(
-                        verdict,
-                        CHECK_LONG_POSITION_LIMIT_EXCEEDED,
-                        long_limit,
-                        position_after,
-                        limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
-                    )
-        elif short_limit != LIMIT_UNSET:
-            position_after = <pt_i128>pos.working_sell + qty - pos.position
-            if position_after > short_limit:
-                fail(
-                    verdict,
-                    CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
-                    short_limit,
-                    position_after,
-                    limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
-                )
+        cdef pt_i128 long_after = <pt_i128>pos.position + pos.working_buy + qty
+        cdef pt_i128 short_after = <pt_i128>pos.working_sell + qty - pos.position
+        record(
+            verdict,
+            is_buy & (long_limit != LIMIT_UNSET) & (long_after > long_limit),
+            CHECK_LONG_POSITION_LIMIT_EXCEEDED,
+            long_limit,
+            long_after,
+            limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
+        )
+        record(
+            verdict,
+            (not is_buy) & (short_limit != LIMIT_UNSET) & (short_after > short_limit),
+            CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
+            short_limit,
+            short_after,
+            limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
+        )
 
         # order rates (token buckets; charged on accept only)
         cdef pt_i128 account_level = 0
@@ -1150,8 +1181,9 @@ cdef class Kernel:
                 account.rate_tokens, account.rate_last_ns, now_ns, account_rate_orders, account_rate_window
             )
             if account_level < account_rate_window:
-                fail(
+                record(
                     verdict,
+                    True,
                     CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
                     account_rate_orders,
                     ceil_div(account_rate_window - account_level, account_rate_orders),
@@ -1162,70 +1194,95 @@ cdef class Kernel:
                 strategy.rate_tokens, strategy.rate_last_ns, now_ns, strategy_rate_orders, strategy_rate_window
             )
             if strategy_level < strategy_rate_window:
-                fail(
+                record(
                     verdict,
+                    True,
                     CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
                     strategy_rate_orders,
                     ceil_div(strategy_rate_window - strategy_level, strategy_rate_orders),
                     strategy_rule.rate_path,
                 )
 
-        # duplicates: the client order id, then the content newest first
-        if self.remembers(order.client_order_key):
-            fail(verdict, CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
+        # duplicates: the client order id, then the content, newest first (the ring is
+        # walked oldest to newest so that the newest match is the one left standing)
+        record(verdict, self.remembers(order.client_order_key), CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
         cdef int64_t content_window = account_rule.dup_window_ns
         cdef int64_t content_price = price if is_limit else 0
         cdef int64_t content_kind = side | order_type << 2
+        cdef bint content_seen = False
+        cdef bint same_content
+        cdef pt_i128 content_age = 0
+        cdef pt_i128 age
         cdef int age_rank
         cdef int entry
-        cdef pt_i128 recent_age
-        if content_window > 0:
-            for age_rank in range(pos.recent_count):
-                entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
-                if (
-                    (pos.recent_kinds >> (4 * entry)) & 0xF == content_kind
-                    and pos.recent_qty[entry] == qty
-                    and pos.recent_price[entry] == content_price
-                ):
-                    recent_age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
-                    if recent_age <= content_window:
-                        fail(verdict, CHECK_DUPLICATE_ORDER_CONTENT, content_window, recent_age, NO_PATH)
-                        break
+        for age_rank in range(CONTENT_MEMORY_PER_POSITION - 1, -1, -1):
+            entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
+            age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
+            same_content = (
+                (age_rank < pos.recent_count)
+                & (((pos.recent_kinds >> (4 * entry)) & 0xF) == content_kind)
+                & (pos.recent_qty[entry] == qty)
+                & (pos.recent_price[entry] == content_price)
+                & (age <= content_window)
+            )
+            content_age = age if same_content else content_age
+            content_seen |= same_content
+        record(
+            verdict,
+            (content_window > 0) & content_seen,
+            CHECK_DUPLICATE_ORDER_CONTENT,
+            content_window,
+            content_age,
+            NO_PATH,
+        )
 
         # working orders
         cdef int64_t working_after = account.working_count + 1
-        if max_working != LIMIT_UNSET and working_after > max_working:
-            fail(
-                verdict,
-                CHECK_MAX_WORKING_ORDERS_EXCEEDED,
-                max_working,
-                working_after,
-                account_rule.max_working_path,
-            )
+        record(
+            verdict,
+            (max_working != LIMIT_UNSET) & (working_after > max_working),
+            CHECK_MAX_WORKING_ORDERS_EXCEEDED,
+            max_working,
+            working_after,
+            account_rule.max_working_path,
+        )
 
         # self-match: would the order cross the account's own working order on the other side?
         cdef int64_t cross = cross_price(side, order_type, price)
         cdef int32_t slot
-        cdef OrderSlot* working
+        cdef const OrderSlot* working
+        cdef bint opposite_side
         cdef bint has_opposite = False
         cdef int64_t opposite = 0
         if account_rule.self_match:
             slot = pos.first_order
             while slot >= 0:
                 working = &self.orders[slot]
-                if (working.side == SIDE_BUY) != is_buy:
-                    if not has_opposite or (working.cross_price < opposite if is_buy else working.cross_price > opposite):
-                        opposite = working.cross_price
-                        has_opposite = True
+                opposite_side = (working.side == SIDE_BUY) != is_buy
+                if opposite_side & ((not has_opposite) | ((working.cross_price < opposite) == is_buy)):
+                    opposite = working.cross_price
+                has_opposite |= opposite_side
                 slot = working.next
-            if has_opposite and (opposite <= cross if is_buy else opposite >= cross):
-                fail(verdict, CHECK_SELF_MATCH_PREVENTED, opposite, cross, NO_PATH)
+            record(
+                verdict,
+                has_opposite & ((opposite <= cross) if is_buy else (opposite >= cross)),
+                CHECK_SELF_MATCH_PREVENTED,
+                opposite,
+                cross,
+                NO_PATH,
+            )
 
         # capacity of the kernel's own tables: orders first, then positions
-        if self.live_count >= self.max_orders:
-            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_orders, self.live_count, NO_PATH)
-        elif position_index < 0 and self.n_positions >= self.max_positions:
-            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_positions, self.n_positions, NO_PATH)
+        cdef bint orders_full = self.live_count >= self.max_orders
+        cdef bint positions_full = (position_index < 0) & (self.n_positions >= self.max_positions)
+        record(
+            verdict,
+            orders_full | positions_full,
+            CHECK_STATE_CAPACITY_EXHAUSTED,
+            self.max_orders if orders_full else self.max_positions,
+            self.live_count if orders_full else self.n_positions,
+            NO_PATH,
+        )
 
         if verdict.failed:
             return verdict.failed
@@ -1318,12 +1375,12 @@ cdef class Kernel:
             if 0 <= account_id < view.n_accounts:
                 PT_PREFETCH(&self.position_table[mix64(<uint64_t>(account_id << 32 | symbol_id)) & self.position_table_mask])
 
-    cdef void prefetch_position(self, int64_t account_id, int64_t symbol_id) noexcept nogil:
+    cdef void prefetch_position(self, RuleView view, int64_t account_id, int64_t symbol_id) noexcept nogil:
         """Start loading the position record of a nearer order (its table slot was
         prefetched earlier, so finding the record is cheap by now)."""
         cdef Py_ssize_t index
         cdef const char* record
-        if 0 <= account_id < MAX_INDEXED_ID and 0 <= symbol_id < MAX_INDEXED_ID:
+        if 0 <= account_id < view.n_accounts and 0 <= symbol_id < view.n_symbols:
             index = self.find_position(account_id << 32 | symbol_id)
             if index >= 0:
                 record = <const char*>&self.positions[index]

@@ -628,7 +628,9 @@ class _Parser:
         settings = self._limit_set(limits, path, allowed)
         throttle = self._throttle_factor(override, settings)
         if not limits and throttle is None:
-            raise InvalidValueError(self.source, path, limits, "an override sets at least one limit or a throttle factor")
+            raise InvalidValueError(
+                self.source, path, limits, "an override sets at least one limit or a throttle factor"
+            )
         return settings, throttle
 
     def _override_scope(self, override: LimitOverride, parsed: _ParsedRules | None) -> tuple[str, ...]:
@@ -637,10 +639,15 @@ class _Parser:
         path = override.path
         if override.account is not None and override.strategy is not None:
             raise InvalidValueError(
-                self.source, f"{path}.strategy", override.strategy, "an override names an account or a strategy, not both"
+                self.source,
+                f"{path}.strategy",
+                override.strategy,
+                "an override names an account or a strategy, not both",
             )
         if override.account is None and override.strategy is None:
-            raise MissingKeyError(self.source, f"{path}.account", "an override names an account or a strategy")
+            raise MissingKeyError(
+                self.source, f"{path}.account", "an override names an account or a strategy"
+            )
         if override.strategy is not None:
             if override.symbol is not None:
                 raise InvalidValueError(
@@ -679,30 +686,35 @@ class _Parser:
             )
         factor = self._number(raw, path, _THROTTLE_FACTOR_UNIT, positive=True)
         if factor > PPM_SCALE:
-            raise InvalidValueError(self.source, path, raw, "a throttle factor is at most 1 (it only lowers the rate)")
+            raise InvalidValueError(
+                self.source, path, raw, "a throttle factor is at most 1 (it only lowers the rate)"
+            )
         return factor
 
     def _throttled(
         self, base: RateLimit | None, factor_ppm: int, override: LimitOverride, scope: str
     ) -> RateLimit:
         """``base`` scaled by the factor, reported under ``overrides.<id>.order_rate_limit``."""
-        path = _key_path(override.path, _THROTTLE_FACTOR)
+        factor_path = _key_path(override.path, _THROTTLE_FACTOR)
         if base is None:
             raise InvalidValueError(
                 self.source,
-                path,
+                factor_path,
                 override.throttle_factor,
-                f"no {_ORDER_RATE_LIMIT} resolves for {scope}, so there is nothing to scale; set one explicitly",
+                f"no {_ORDER_RATE_LIMIT} resolves for {scope}, so there is nothing to scale; "
+                "set one explicitly",
             )
         if base.orders == LIMIT_UNLIMITED:
             raise InvalidValueError(
                 self.source,
-                path,
+                factor_path,
                 override.throttle_factor,
-                f"the {_ORDER_RATE_LIMIT} of {scope} is {UNLIMITED!r}; set an explicit {_ORDER_RATE_LIMIT} instead",
+                f"the {_ORDER_RATE_LIMIT} of {scope} is {UNLIMITED!r}; "
+                f"set an explicit {_ORDER_RATE_LIMIT} instead",
             )
         orders = max(1, base.orders * factor_ppm // PPM_SCALE)
-        return RateLimit(orders=orders, window_ns=base.window_ns, path=_key_path(override.path, _ORDER_RATE_LIMIT))
+        path = _key_path(override.path, _ORDER_RATE_LIMIT)
+        return RateLimit(orders=orders, window_ns=base.window_ns, path=path)
 
     # -- building blocks ---------------------------------------------------------------
     def _table(self, raw: Any, path: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
@@ -910,7 +922,10 @@ def _apply_overrides(parsed: _ParsedRules, overrides: Sequence[LimitOverride]) -
         settings, throttle = parser._override(override, parsed)
         if override.override_id in seen_ids:
             raise InvalidValueError(
-                override.source, override.path, override.override_id, "override id is used by an earlier override"
+                override.source,
+                override.path,
+                override.override_id,
+                "override id is used by an earlier override",
             )
         seen_ids.add(override.override_id)
         if override.strategy is not None:

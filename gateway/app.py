@@ -2,13 +2,17 @@
 
 Start-up order (each step fails fast with a one-line error before anything listens):
 rules compile -> token file -> engine -> outbox (single-writer lock) -> [embedded
-nats-server] -> gRPC server (health NOT_SERVING) -> metrics endpoint -> publisher and
-market-data subscription connect in the background -> health SERVING once NATS is
-connected for the first time. From then on the gateway stays SERVING through NATS
-outages: decisions queue in the outbox, ``nats_connected`` in GetStatus and the
-``pretrade_nats_connected`` / ``pretrade_publish_lag_seconds`` metrics tell the story, and
-taking every gateway out of a load balancer because the bus blinked would stop trading for
-no risk benefit.
+nats-server] -> [halt manager, with ``host_halt_manager``] -> gRPC server (health
+NOT_SERVING, every order rejected with HALT_STATE_UNAVAILABLE) -> metrics endpoint ->
+publisher, market data and the halt follower connect in the background -> health SERVING
+once the publisher has connected and the halt follower has applied the whole halt state.
+
+Publishing and halts answer NATS outages differently, on purpose. Decisions queue in the
+outbox, so a publishing outage alone does not stop trading (``nats_connected`` in
+GetStatus and the ``pretrade_publish_lag_seconds`` metric tell the story). But a gateway
+that cannot follow the halt state for longer than the follower's staleness bound might be
+missing a halt or a kill switch: it rejects every order with HALT_STATE_UNAVAILABLE and
+reports NOT_SERVING until it has reloaded the state (fail closed).
 
 Signals: SIGHUP recompiles the rules file off the event loop thread and swaps it in on the
 loop (a bad file is logged and the old rules stay); SIGINT/SIGTERM shut down gracefully:
@@ -37,14 +41,19 @@ from gateway.marketdata import ReferencePriceSubscriber
 from gateway.metrics import GatewayMetrics, MetricsHttpServer
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionPublisher, PublisherMetricHooks
-from gateway.server import create_server, set_health
+from gateway.server import HostedService, create_server, set_health
 from gateway.servicer import AdminServicer, GatewayServicer, OrderGate, RulesReloader
 from gateway.validation import RequestValidator
+from halts.follower import HaltFollower
+from halts.manager import HaltManager
+from halts.servicer import HALT_METHOD_ROLES, HALT_SERVICE_NAME, add_halt_service
+from halts.store import HaltStore
 
 log = logging.getLogger(__name__)
 
-#: Wait between reconnect attempts of the market-data connection, seconds.
+#: Wait between reconnect attempts of the market-data and halt connections, seconds.
 MARKETDATA_RECONNECT_WAIT_S = 0.5
+HALTS_RECONNECT_WAIT_S = 0.25
 
 
 class GatewayApp:
@@ -70,8 +79,13 @@ class GatewayApp:
         self._metrics_http: MetricsHttpServer | None = None
         self._marketdata_nc = None
         self._marketdata: ReferencePriceSubscriber | None = None
+        self._halt_nc = None
+        self._halt_manager_nc = None
+        self.halt_follower: HaltFollower | None = None
+        self.halt_manager: HaltManager | None = None
         self._background: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()
         self._stopped = False
 
     @property
@@ -118,6 +132,10 @@ class GatewayApp:
                 self._embedded_nats = EmbeddedNats(config.data_dir)
                 await self._embedded_nats.start()
                 self.nats_url = self._embedded_nats.url
+            hosted = []
+            if config.host_halt_manager:
+                hosted.append(await self._start_halt_manager())
+            self.gate.halt_state_available = False  # until the follower has loaded it
             await set_health(self.health, serving=False)
             self._server, self.port = create_server(
                 config,
@@ -126,6 +144,7 @@ class GatewayApp:
                 health_servicer=self.health,
                 tokens=tokens,
                 metrics=self.metrics,
+                hosted=hosted,
             )
             await self._server.start()
             if config.metrics_listen is not None:
@@ -149,14 +168,69 @@ class GatewayApp:
         )
 
     async def wait_ready(self, timeout_s: float) -> bool:
-        """Whether NATS connected (and health turned SERVING) within ``timeout_s``."""
-        return await self._publisher.wait_connected(timeout_s)
+        """Whether the gateway became ready (publisher connected, halt state loaded;
+        health SERVING) within ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _become_ready(self) -> None:
         while not await self._publisher.wait_connected(self.config.nats_connect_timeout_s):
             log.warning("not connected to NATS at %s yet; health stays NOT_SERVING", self.nats_url)
-        await set_health(self.health, serving=True)
-        log.info("gateway %s is SERVING", self.config.gateway_id)
+        await self._follow_halts()
+
+    async def _start_halt_manager(self) -> HostedService:
+        """The halt manager on its own connection, serving HaltService on our port. An
+        override is validated against this gateway's own rules file before it is stored."""
+        self._halt_manager_nc = await nats.connect(
+            self.nats_url,
+            name=f"pretrade-halt-manager-{self.config.gateway_id}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=HALTS_RECONNECT_WAIT_S,
+        )
+        rules_path = self.config.rules_path
+        self.halt_manager = HaltManager(
+            await HaltStore.open(self._halt_manager_nc),
+            validate_override=lambda override: load_rules(rules_path, overrides=[override]),
+        )
+        await self.halt_manager.start()
+        manager = self.halt_manager
+        return HostedService(HALT_SERVICE_NAME, HALT_METHOD_ROLES, lambda server: add_halt_service(server, manager))
+
+    async def _follow_halts(self) -> None:
+        """Load the whole halt state into the engine, then follow it; orders pass (and
+        health is SERVING) only while the follower is ready."""
+        self._halt_nc = await nats.connect(
+            self.nats_url,
+            name=f"pretrade-halts-{self.config.gateway_id}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=HALTS_RECONNECT_WAIT_S,
+        )
+        self.halt_follower = HaltFollower(
+            self._halt_nc,
+            self.engine,
+            reload_rules=lambda overrides: self.reloader.reload(overrides=overrides),
+            on_cancel_all=self.gateway_servicer.broadcast_control,
+            on_ready_change=self._on_halt_state_ready,
+        )
+        await self.halt_follower.start()
+        await self._on_halt_state_ready(True)
+
+    async def _on_halt_state_ready(self, ready: bool) -> None:
+        if self._stopped:
+            return
+        self.gate.halt_state_available = ready
+        await set_health(self.health, serving=ready)
+        if ready:
+            self._ready.set()
+            log.info("gateway %s is SERVING (halt state loaded)", self.config.gateway_id)
+        else:
+            self._ready.clear()
+            log.error("gateway %s lost the halt state: rejecting every order until it is back", self.config.gateway_id)
 
     async def _subscribe_marketdata(self) -> None:
         """Reference prices from NATS, on a connection of their own (so a burst of market
@@ -224,6 +298,13 @@ class GatewayApp:
             await self._marketdata.stop()
         if self._marketdata_nc is not None:
             await self._marketdata_nc.close()
+        if self.halt_follower is not None:
+            await self.halt_follower.stop()
+        if self.halt_manager is not None:
+            await self.halt_manager.stop()
+        for nc in (self._halt_nc, self._halt_manager_nc):
+            if nc is not None:
+                await nc.close()
         if self._publisher is not None:
             await self._publisher.stop(config.publish_flush_timeout_s)
         if self._outbox is not None:

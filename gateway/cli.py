@@ -111,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pretrade", description="Low-latency pre-trade risk gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", parents=[common], help="run the whole system (embedded NATS + gateway)")
+    up = commands.add_parser(
+        "up", parents=[common], help="run the whole system (embedded NATS + gateway + halt manager)"
+    )
     _server_options(up)
-    up.set_defaults(handler=_cmd_up)
+    up.set_defaults(handler=_cmd_up, host_halt_manager=True)
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway only")
     _server_options(serve)
@@ -154,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     token_new.add_argument("--name", required=True, help="principal name")
     token_new.add_argument("--roles", required=True, help="comma-separated: trader, operator, admin")
     token_new.set_defaults(handler=_cmd_token_new)
+
+    # imported here: halts.cli builds on this module (CommandError, shared options)
+    import halts.cli
+
+    halts.cli.register(commands, common)
     return parser
 
 
@@ -179,6 +186,7 @@ def _gateway_config(args, nats_url: str | None, tokens_path: str):
         metrics_listen=None if args.metrics_listen == METRICS_OFF else args.metrics_listen,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_open_streams=args.max_open_streams,
+        host_halt_manager=getattr(args, "host_halt_manager", False),
     )
 
 

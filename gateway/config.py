@@ -87,6 +87,9 @@ class GatewayConfig:
     #: Keyword arguments for ``fastpath.engine.Engine``: capacities (max_orders,
     #: max_positions, client_order_id_memory) or, in tests, kernel_class.
     engine_options: dict[str, object] = field(default_factory=dict)
+    #: Run the halt manager and serve HaltService on this gateway's port (``pretrade up``).
+    #: Every gateway follows the halt state either way.
+    host_halt_manager: bool = False
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")

@@ -10,11 +10,33 @@ Lifecycle and orphans
     :meth:`EmbeddedNats.stop` sends SIGTERM (nats-server then shuts JetStream down cleanly)
     and SIGKILL after ``stop_timeout_s``. An ``atexit`` hook does the same if the Python
     process exits without calling ``stop`` (normal exit, unhandled exception, SIGINT turned
-    into ``KeyboardInterrupt``). If the gateway itself is killed with SIGKILL, nothing can run
-    and the server survives; the next start on the same port then fails with "address already
-    in use" in the error, which names the stale process's log. The child runs in its own
-    session so a terminal's Ctrl+C reaches the gateway only: the gateway drains its publisher
-    into the still-running server, then stops it.
+    into ``KeyboardInterrupt``). The child runs in its own session so a terminal's Ctrl+C
+    reaches the gateway only: the gateway drains its publisher into the still-running
+    server, then stops it.
+
+    When the Python process is killed with SIGKILL nothing of it can run, so two
+    independent layers keep a server from outliving it:
+
+    1. Parent-death signal (Linux). The child asks the kernel for SIGTERM when its parent
+       dies (``prctl(PR_SET_PDEATHSIG)``), so the server shuts down at once, cleanly. The
+       call is made by a tiny ``python -I -S`` shim that then execs nats-server (the setting
+       survives ``execve``) and exits if the parent died before the call. A
+       ``preexec_fn`` would run Python in the forked child of a multi-threaded process
+       (gRPC, worker threads), which can deadlock on a lock another thread held at fork;
+       the shim runs nothing between fork and exec. Linux delivers the signal when the
+       *thread* that forked the child ends, not the process, so every server is spawned
+       from one daemon thread of this module, which only ends with the process; spawning
+       from ``asyncio.to_thread``'s pool or a short-lived helper thread would otherwise
+       stop the server when that thread exits.
+    2. Pid file (any cause: not Linux, a server from an older version, a signal lost in a
+       race). ``<data_dir>/nats/nats-server.pid.json`` names the server and the process
+       that started it, and is removed by a clean stop. The next start reads it: a server
+       that is still running with *this* store dir (checked in ``/proc/<pid>/cmdline``, so
+       a recycled pid is never touched) and whose parent is no longer the recorded owner
+       is an orphan and is stopped (SIGTERM, then SIGKILL) before the new one starts. If
+       the recorded owner is still its parent, another live process uses the store and
+       the start fails with :class:`NatsServerStartError` instead of putting two servers
+       on one JetStream store.
 
 Threading
     :meth:`start_blocking` and :meth:`stop_blocking` block (polling, up to their timeouts);
@@ -26,16 +48,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import json
+import logging
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 #: How long to wait for the server to accept connections with JetStream, in seconds.
 DEFAULT_NATS_STARTUP_TIMEOUT_S = 10.0
@@ -48,12 +76,28 @@ NATS_SERVER_BINARY_NAME = "nats-server"
 #: Subdirectory of the gateway's data dir that holds the JetStream store and the server log.
 NATS_STORE_SUBDIR = "nats"
 NATS_SERVER_LOG_FILE = "nats-server.log"
+#: In the store dir while a server runs: ``{"pid": <nats-server>, "parent_pid": <its starter>}``.
+NATS_SERVER_PID_FILE = "nats-server.pid.json"
 
 _READINESS_POLL_INTERVAL_S = 0.02
 _READINESS_PROBE_TIMEOUT_S = 0.5
 _LOG_TAIL_BYTES = 2000
 # nats-server's "-p -1" means "pick a random free port"; --ports_file_dir then reports it.
 _NATS_RANDOM_PORT = -1
+_EXIT_POLL_INTERVAL_S = 0.02
+_PARENT_DEATH_SIGNAL_SUPPORTED = sys.platform.startswith("linux")
+# Run as ``python -I -S -c <this> <parent pid> <binary> <args...>``: ask for SIGTERM when the
+# parent dies, give up if it already died (the request came too late), then become
+# nats-server (same pid; the parent-death signal survives execve).
+_PARENT_DEATH_SIGNAL_SHIM = """\
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the process starting nats-server exited before it started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class EmbeddedNatsError(Exception):
@@ -65,8 +109,9 @@ class NatsServerBinaryNotFoundError(EmbeddedNatsError):
 
 
 class NatsServerStartError(EmbeddedNatsError):
-    """The server exited or did not accept JetStream connections within the startup timeout.
-    The message includes the tail of its log."""
+    """The server exited or did not accept JetStream connections within the startup timeout
+    (the message includes the tail of its log), or its store dir is in use by a server that
+    another live process started."""
 
 
 def find_nats_server_binary(binary: str | os.PathLike[str] | None = None) -> Path:
@@ -112,7 +157,8 @@ class EmbeddedNats:
         startup_timeout_s: float = DEFAULT_NATS_STARTUP_TIMEOUT_S,
         stop_timeout_s: float = DEFAULT_NATS_STOP_TIMEOUT_S,
     ) -> None:
-        self._store_dir = Path(data_dir) / NATS_STORE_SUBDIR
+        # Absolute, because the pid-file check compares it with a server's command line.
+        self._store_dir = Path(os.path.abspath(data_dir)) / NATS_STORE_SUBDIR
         self._port = port
         self._host = host
         self._binary = binary
@@ -129,6 +175,11 @@ class EmbeddedNats:
     @property
     def log_path(self) -> Path:
         return self._store_dir / NATS_SERVER_LOG_FILE
+
+    @property
+    def pid_path(self) -> Path:
+        """Names the running server and its starter; see "Lifecycle and orphans"."""
+        return self._store_dir / NATS_SERVER_PID_FILE
 
     @property
     def port(self) -> int:
@@ -152,13 +203,18 @@ class EmbeddedNats:
     def start_blocking(self) -> None:
         """Start the server and return once it accepts connections with JetStream enabled.
 
+        A server that a killed predecessor left running on this store dir is stopped first.
         Raises :class:`NatsServerBinaryNotFoundError` or :class:`NatsServerStartError`
         (the process is stopped first). Does nothing if already running.
         """
         if self.running:
             return
+        self.stop_blocking()  # reap a server that exited on its own since the last start
         binary = find_nats_server_binary(self._binary)
         self._store_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphaned_server()
+        for stale_ports_file in self._store_dir.glob("*.ports"):
+            stale_ports_file.unlink(missing_ok=True)  # a recycled pid must not find an old port
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reap)
         args = [
@@ -169,8 +225,10 @@ class EmbeddedNats:
             "--store_dir", str(self._store_dir),
             "--ports_file_dir", str(self._store_dir),
         ]  # fmt: skip
+        if _PARENT_DEATH_SIGNAL_SUPPORTED:
+            args = [sys.executable, "-I", "-S", "-c", _PARENT_DEATH_SIGNAL_SHIM, str(os.getpid()), *args]
         try:
-            self._process = subprocess.Popen(
+            self._process = _popen_from_lifetime_thread(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
@@ -181,6 +239,7 @@ class EmbeddedNats:
             self._close_log()
             raise NatsServerStartError(f"cannot execute {binary}: {error}") from error
         atexit.register(self.stop_blocking)
+        self._write_pid_file()
         try:
             self._wait_until_ready(binary, log_offset)
         except NatsServerStartError:
@@ -201,6 +260,7 @@ class EmbeddedNats:
                 process.wait()
         self._process = None
         self._close_log()
+        self.pid_path.unlink(missing_ok=True)
         atexit.unregister(self.stop_blocking)
 
     def kill_blocking(self) -> None:
@@ -233,6 +293,62 @@ class EmbeddedNats:
 
     def __repr__(self) -> str:
         return f"EmbeddedNats(port={self._port}, store_dir={str(self._store_dir)!r}, pid={self.pid})"
+
+    def _write_pid_file(self) -> None:
+        assert self._process is not None
+        staging = self.pid_path.with_suffix(".tmp")
+        staging.write_text(json.dumps({"pid": self._process.pid, "parent_pid": os.getpid()}))
+        os.replace(staging, self.pid_path)
+
+    def _stop_orphaned_server(self) -> None:
+        """Stop the server the pid file names if it still runs on this store dir and the
+        process that started it is gone; refuse to start if that process is alive."""
+        try:
+            recorded = json.loads(self.pid_path.read_text())
+            pid, parent_pid = int(recorded["pid"]), int(recorded["parent_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no server recorded (or an unreadable file, which the start overwrites)
+        if not self._is_server_on_this_store(pid):
+            return
+        if _parent_pid(pid) == parent_pid:
+            raise NatsServerStartError(
+                f"{self._store_dir} is in use by nats-server pid {pid}, started by the still running "
+                f"process {parent_pid}: stop that process first"
+            )
+        log.warning(
+            "stopping nats-server pid %d, left running on %s by process %d, which is gone",
+            pid,
+            self._store_dir,
+            parent_pid,
+        )
+        for stop_signal in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, stop_signal)
+            except ProcessLookupError:
+                return
+            if self._wait_until_gone(pid, self._stop_timeout_s):
+                return
+        raise NatsServerStartError(f"cannot stop the orphaned nats-server pid {pid} on {self._store_dir}")
+
+    def _is_server_on_this_store(self, pid: int) -> bool:
+        """Whether ``pid`` is a live nats-server started on this store dir: a recycled pid,
+        a zombie (empty command line) or a server on another store is not."""
+        command_line = _command_line(pid)
+        if not command_line or Path(command_line[0]).name != NATS_SERVER_BINARY_NAME:
+            return False
+        store_dir = str(self._store_dir)
+        return any(
+            option == "--store_dir" and value == store_dir
+            for option, value in zip(command_line, command_line[1:])
+        )
+
+    def _wait_until_gone(self, pid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._is_server_on_this_store(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_EXIT_POLL_INTERVAL_S)
+        return True
 
     def _wait_until_ready(self, binary: Path, log_offset: int) -> None:
         assert self._process is not None
@@ -290,6 +406,53 @@ class EmbeddedNats:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The arguments of process ``pid`` (Linux ``/proc``); None if it is gone or unknowable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [os.fsdecode(argument) for argument in raw.split(b"\0")[:-1]]
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (Linux ``/proc``), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+_spawn_requests: queue.SimpleQueue = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _popen_from_lifetime_thread(args: list[str], **popen_options) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(args, **popen_options)``, called from this module's daemon thread,
+    which ends only with the process: Linux sends the parent-death signal when the thread
+    that forked the child ends (see "Lifecycle and orphans")."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():  # not alive: in a forked child
+            _spawner = threading.Thread(target=_serve_spawn_requests, name="embedded-nats-spawner", daemon=True)
+            _spawner.start()
+    spawned: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+    _spawn_requests.put((args, popen_options, spawned))
+    return spawned.result()
+
+
+def _serve_spawn_requests() -> None:
+    while True:
+        args, popen_options, spawned = _spawn_requests.get()
+        try:
+            spawned.set_result(subprocess.Popen(args, **popen_options))
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            spawned.set_exception(error)
 
 
 def _accepts_jetstream_clients(host: str, port: int) -> bool:

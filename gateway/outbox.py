@@ -26,6 +26,11 @@ Layout
     transaction as the entries, so the sequence survives even after every entry was
     published and removed.
 
+Other payloads
+    The class stores opaque serialized messages by sequence; the gateway keeps a second
+    instance in ``<data_dir>/event-outbox`` (:data:`EVENTS_OUTBOX_SUBDIR`) for its ledger
+    events (``pretrade.v1.GatewayEvent``), with the same guarantees and its own sequences.
+
 Threading and ownership
     Single writer: one gateway process owns an outbox directory, enforced with an exclusive
     ``flock`` on ``writer.lock`` (a second opener gets :class:`OutboxLockedError`; the kernel
@@ -49,6 +54,10 @@ import lmdb
 #: with use; at ~300 bytes per decision 8 GiB holds ~25 million unpublished decisions,
 #: i.e. hours of a NATS outage at full rate.
 DEFAULT_OUTBOX_MAP_SIZE_BYTES = 8 * 1024**3
+
+#: Directory of the gateway-event outbox under the data dir (the decision outbox is
+#: ``gateway.config.OUTBOX_SUBDIR``).
+EVENTS_OUTBOX_SUBDIR = "event-outbox"
 
 _ENTRIES_DB = b"entries"
 _META_DB = b"meta"

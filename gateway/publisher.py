@@ -47,6 +47,11 @@ Outbox sync
     The publisher also owns the outbox's periodic ``sync()`` (fsync, in a worker thread every
     ``sync_interval_s``), which bounds what power loss can take; see :mod:`gateway.outbox`.
 
+Other streams
+    The same machinery publishes the gateway's ledger events (executions applied, rules
+    loaded) from a second outbox into ``PRETRADE_EVENTS`` on ``pretrade.v1.events.<gateway_id>``:
+    pass ``target=EVENTS_TARGET``. Everything above holds for it too, per stream.
+
 Threading: all methods are called from the event loop thread the publisher was started on.
 """
 
@@ -71,8 +76,11 @@ from gateway.outbox import DecisionOutbox, OutboxError
 from gateway.subjects import (
     DECISIONS_STREAM,
     DECISIONS_STREAM_SUBJECTS,
+    EVENTS_STREAM,
+    EVENTS_STREAM_SUBJECTS,
     MSG_ID_HEADER,
     decisions_subject,
+    events_subject,
     validate_gateway_id,
 )
 
@@ -111,6 +119,30 @@ _STOP_POLL_INTERVAL_S = 0.01
 _CLOSE_TIMEOUT_S = 2.0
 
 
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where a publisher sends its outbox: the stream (created or updated on connect) and
+    the subject of one gateway's messages."""
+
+    stream: str
+    stream_subjects: tuple[str, ...]
+    subject: Callable[[str], str]  # gateway id -> subject
+    description: str
+
+
+#: Decisions: ``pretrade.v1.decisions.<gateway_id>`` into ``PRETRADE_DECISIONS``.
+DECISIONS_TARGET = PublishTarget(
+    DECISIONS_STREAM, DECISIONS_STREAM_SUBJECTS, decisions_subject, "pretrade risk decisions, one subject per gateway"
+)
+#: Gateway events for the ledger: ``pretrade.v1.events.<gateway_id>`` into ``PRETRADE_EVENTS``.
+EVENTS_TARGET = PublishTarget(
+    EVENTS_STREAM,
+    EVENTS_STREAM_SUBJECTS,
+    events_subject,
+    "pretrade gateway events for the ledger (pretrade.v1.GatewayEvent), one subject per gateway",
+)
+
+
 class DecisionPublisherError(Exception):
     """Base class of the publisher's own errors (all are retried by the publish loop)."""
 
@@ -130,8 +162,9 @@ class PublishRejectedError(DecisionPublisherError):
 
 
 class DecisionStreamConfigError(DecisionPublisherError):
-    """The existing ``PRETRADE_DECISIONS`` stream cannot hold decisions durably (e.g. memory
-    storage) and cannot be changed in place; an operator must recreate it."""
+    """The existing target stream (``PRETRADE_DECISIONS``, ``PRETRADE_EVENTS``) cannot hold
+    messages durably (e.g. memory storage) and cannot be changed in place; an operator must
+    recreate it."""
 
 
 # Errors after which publishing is retried (after backoff) rather than fatal: NATS and
@@ -186,8 +219,8 @@ class _InflightBatch:
 
 
 class DecisionPublisher:
-    """Copies the outbox to the ``PRETRADE_DECISIONS`` JetStream stream; see the module
-    docstring for guarantees and trade-offs.
+    """Copies the outbox to the ``PRETRADE_DECISIONS`` JetStream stream (or another
+    ``target``); see the module docstring for guarantees and trade-offs.
 
     Usage::
 
@@ -204,6 +237,7 @@ class DecisionPublisher:
         outbox: DecisionOutbox,
         gateway_id: str,
         *,
+        target: PublishTarget = DECISIONS_TARGET,
         batch_max: int = DEFAULT_PUBLISH_BATCH_MAX,
         max_inflight_batches: int = DEFAULT_MAX_INFLIGHT_BATCHES,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
@@ -219,7 +253,8 @@ class DecisionPublisher:
             raise ValueError("batch_max and max_inflight_batches must be at least 1")
         self._outbox = outbox
         self._gateway_id = validate_gateway_id(gateway_id)
-        self._subject = decisions_subject(gateway_id)
+        self._target = target
+        self._subject = target.subject(gateway_id)
         self._batch_max = batch_max
         self._max_inflight_batches = max_inflight_batches
         self._flush_interval_s = flush_interval_s
@@ -297,9 +332,9 @@ class DecisionPublisher:
         if self._publish_task is not None:
             raise RuntimeError("DecisionPublisher.start() called twice")
         servers = [nats_url] if isinstance(nats_url, str) else list(nats_url)
-        self._publish_task = asyncio.create_task(self._run(servers), name=f"decision-publisher-{self._gateway_id}")
+        self._publish_task = asyncio.create_task(self._run(servers), name=f"publisher-{self._target.stream}-{self._gateway_id}")
         self._publish_task.add_done_callback(_log_unexpected_end)
-        self._sync_task = asyncio.create_task(self._sync_periodically(), name="decision-outbox-sync")
+        self._sync_task = asyncio.create_task(self._sync_periodically(), name=f"outbox-sync-{self._target.stream}")
         self._sync_task.add_done_callback(_log_unexpected_end)
 
     async def wait_connected(self, timeout_s: float) -> bool:
@@ -355,7 +390,7 @@ class DecisionPublisher:
         self._nc = nc
         await nc.connect(
             servers=servers,
-            name=f"pretrade-gateway-{self._gateway_id}",
+            name=f"pretrade-gateway-{self._gateway_id}-{self._target.stream}",
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self._reconnect_wait_s,
@@ -508,40 +543,40 @@ class DecisionPublisher:
             raise failure
 
     async def _ensure_stream(self) -> None:
-        """Create ``PRETRADE_DECISIONS`` or bring an existing one up to what we need, without
+        """Create the target stream or bring an existing one up to what we need, without
         undoing an operator's other settings (limits, replicas, a longer window)."""
         assert self._js is not None
+        stream = self._target.stream
         try:
-            info = await self._js.stream_info(DECISIONS_STREAM)
+            info = await self._js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             try:
                 await self._js.add_stream(
                     StreamConfig(
-                        name=DECISIONS_STREAM,
-                        description="pretrade risk decisions, one subject per gateway",
-                        subjects=list(DECISIONS_STREAM_SUBJECTS),
+                        name=stream,
+                        description=self._target.description,
+                        subjects=list(self._target.stream_subjects),
                         storage=StorageType.FILE,
                         duplicate_window=self._duplicate_window_s,
                     )
                 )
-                log.info("created JetStream stream %s", DECISIONS_STREAM)
+                log.info("created JetStream stream %s", stream)
                 return
             except nats.js.errors.BadRequestError:
                 # Another gateway created it first with a different configuration.
-                info = await self._js.stream_info(DECISIONS_STREAM)
+                info = await self._js.stream_info(stream)
         config = info.config
         if config.storage != StorageType.FILE:
             raise DecisionStreamConfigError(
-                f"stream {DECISIONS_STREAM} uses {config.storage} storage; decisions need file storage "
-                "(recreate the stream)"
+                f"stream {stream} uses {config.storage} storage; it needs file storage (recreate the stream)"
             )
         subjects = list(config.subjects or [])
-        missing_subjects = [subject for subject in DECISIONS_STREAM_SUBJECTS if subject not in subjects]
+        missing_subjects = [subject for subject in self._target.stream_subjects if subject not in subjects]
         if missing_subjects or config.duplicate_window < self._duplicate_window_s:
             config.subjects = subjects + missing_subjects
             config.duplicate_window = max(config.duplicate_window, self._duplicate_window_s)
             await self._js.update_stream(config)
-            log.info("updated JetStream stream %s (subjects, duplicate window)", DECISIONS_STREAM)
+            log.info("updated JetStream stream %s (subjects, duplicate window)", stream)
 
     async def _sync_periodically(self) -> None:
         synced_sequence = self._outbox.last_sequence

@@ -9,11 +9,14 @@ connected, see :mod:`gateway.app`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.auth import AuthInterceptor, TokenStore
+from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, TokenStore
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.servicer import AdminServicer, GatewayServicer
@@ -23,6 +26,17 @@ GATEWAY_SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 ADMIN_SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 #: Services whose health the gateway reports ("" is the server as a whole).
 HEALTH_SERVICE_NAMES = ("", GATEWAY_SERVICE_NAME, ADMIN_SERVICE_NAME)
+
+
+@dataclass(frozen=True)
+class HostedService:
+    """A further service served on the gateway's port (``pretrade up`` hosts HaltService
+    and LedgerService there): its full name (reflection), the roles of its methods (the
+    auth interceptor refuses methods missing from the table) and how to register it."""
+
+    name: str
+    method_roles: Mapping[str, frozenset[str]]
+    register: Callable[[grpc.aio.Server], object]
 
 
 class ListenError(OSError):
@@ -44,6 +58,7 @@ def create_server(
     health_servicer: health.aio.HealthServicer,
     tokens: TokenStore,
     metrics: GatewayMetrics | None = None,
+    hosted: Sequence[HostedService] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A configured, not yet started server and the port it bound (``config.listen`` may
     ask for port 0). Interceptors: metrics outermost (so refused calls are counted), then
@@ -52,7 +67,10 @@ def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
-    interceptors.append(AuthInterceptor(tokens))
+    method_roles = dict(DEFAULT_METHOD_ROLES)
+    for service in hosted:
+        method_roles.update(service.method_roles)
+    interceptors.append(AuthInterceptor(tokens, method_roles))
     server = grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -63,8 +81,17 @@ def create_server(
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_servicer, server)
     gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in hosted:
+        service.register(server)
     reflection.enable_server_reflection(
-        (GATEWAY_SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (
+            GATEWAY_SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
+            *(service.name for service in hosted),
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     try:
         port = server.add_insecure_port(config.listen)

@@ -25,6 +25,11 @@ State the servicer keeps beside the kernel:
   reports (which name orders the way the venue does) reach the kernel;
 * execution ids already applied, bounded, to drop duplicate reports;
 * open order streams, for cancel-on-disconnect and for control messages (kill switch).
+
+Ledger events: with a :class:`GatewayEventLog`, every execution report (with the status it
+got) and every rules load is recorded in a second outbox before the RPC returns, and
+published to ``PRETRADE_EVENTS`` like decisions, so the ledger sees the whole order
+lifecycle (docs/ledger.md).
 """
 
 from __future__ import annotations
@@ -33,17 +38,19 @@ import asyncio
 import functools
 import itertools
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable
 
 import grpc
 
 from fastpath.codes import Check, ExecStatus
 from fastpath.errors import RulesError
-from fastpath.rules import load_rules
+from fastpath.rules import CompiledRules, LimitOverride, compile_rules, load_rules
 from gateway.auth import current_principal
 from gateway.config import (
     DEFAULT_EXECUTION_DEDUP_CAPACITY,
@@ -52,7 +59,7 @@ from gateway.config import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.validation import RequestValidator, invalid_argument_status
-from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, ledger_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +92,69 @@ class BoundedMemory(OrderedDict):
 class WorkingOrder:
     """An accepted order the venue has not finished yet, as the servicer tracks it."""
 
-    __slots__ = ("key", "handle", "remaining_nanos", "stream")
+    __slots__ = ("key", "handle", "remaining_nanos", "stream", "decision_sequence")
 
-    def __init__(self, key: tuple[str, str], handle: int, remaining_nanos: int, stream: OrderStream | None):
+    def __init__(
+        self,
+        key: tuple[str, str],
+        handle: int,
+        remaining_nanos: int,
+        stream: OrderStream | None,
+        decision_sequence: int = 0,
+    ):
         self.key = key
         self.handle = handle
         self.remaining_nanos = remaining_nanos
         self.stream = stream
+        self.decision_sequence = decision_sequence
+
+
+class GatewayEventLog:
+    """The gateway's ledger events, recorded like decisions (outbox first, publish later).
+
+    :meth:`record` numbers events ``last_sequence + 1, ...`` of the event outbox (their own
+    sequence space, contiguous per gateway like decisions'), stamps gateway id and time,
+    appends them in one outbox transaction (no fsync: the process-crash guarantee of
+    ``gateway.outbox``) and wakes the publisher (a ``DecisionPublisher`` with
+    ``target=EVENTS_TARGET``). Called on the event loop thread only. Raises the outbox's
+    errors: the caller decides what an unrecorded event means for its RPC.
+    """
+
+    def __init__(self, outbox, publisher, gateway_id: str, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self.outbox = outbox
+        self.publisher = publisher
+        self.gateway_id = gateway_id
+        self._clock = clock
+
+    def record(self, events: Sequence[ledger_pb2.GatewayEvent]) -> None:
+        occurred_ns = self._clock()
+        sequence = self.outbox.last_sequence
+        records = []
+        for event in events:
+            sequence += 1
+            event.gateway_id = self.gateway_id
+            event.sequence = sequence
+            event.occurred_ns = occurred_ns
+            records.append((sequence, event.SerializeToString()))
+        self.outbox.append(records)
+        self.publisher.notify()
+
+
+def load_rules_and_text(
+    path: str | os.PathLike, interner=None, overrides: Sequence[LimitOverride] = ()
+) -> tuple[CompiledRules, str]:
+    """Compile the rules file at ``path``; return the rules and the exact text compiled
+    (what the ledger records, so that a rules version can be shown as the file it was).
+
+    Errors are those of ``fastpath.rules.load_rules`` (one RulesError per condition).
+    """
+    source = os.fsdecode(os.fspath(path))
+    try:
+        text = Path(source).read_bytes().decode("utf-8-sig")
+    except (OSError, ValueError):
+        load_rules(source, interner, overrides)  # raises the RulesError that names the problem
+        raise  # the file became readable meanwhile: report what we saw
+    return compile_rules(text, source, interner, overrides), text
 
 
 class OrderStream:
@@ -124,14 +187,20 @@ class OrderGate:
         idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY,
         execution_dedup_capacity: int = DEFAULT_EXECUTION_DEDUP_CAPACITY,
         clock: Callable[[], int] = time.time_ns,
+        events: GatewayEventLog | None = None,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
         self.publisher = publisher
         self.gateway_id = gateway_id
+        self.events = events
         self._metrics = metrics
         self._clock = clock
         self._next_sequence = outbox.last_sequence + 1
+        #: False while the gateway cannot read or follow the halt state: every order is
+        #: then rejected with HALT_STATE_UNAVAILABLE (a halt might be in force). The app
+        #: clears it until its halt follower has loaded the state.
+        self.halt_state_available = True
         self._replies = BoundedMemory(idempotency_capacity)
         self._applied_executions = BoundedMemory(execution_dedup_capacity)
         self.working: dict[tuple[str, str], WorkingOrder] = {}
@@ -199,6 +268,11 @@ class OrderGate:
         engine = self.engine
         handle = -1
         working = None
+        if not self.halt_state_available:
+            decision = self._gateway_reject(
+                order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
+            )
+            return decision, decision.SerializeToString(), None
         try:
             result = engine.check(
                 order.account,
@@ -237,7 +311,7 @@ class OrderGate:
                 )
             payload = decision.SerializeToString()
             if handle >= 0:
-                working = self._track(order, handle, stream)
+                working = self._track(order, handle, stream, sequence)
             return decision, payload, working
         except Exception as exc:
             log.exception(
@@ -247,15 +321,16 @@ class OrderGate:
             )
             if handle >= 0:
                 self._release_quietly(handle)
-            decision = self._internal_error_decision(order, sequence, received_ns, exc)
+            decision = self._gateway_reject(
+                order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
+            )
             return decision, decision.SerializeToString(), None
 
-    def _internal_error_decision(self, order, sequence: int, received_ns: int, exc: BaseException):
+    def _gateway_reject(self, order, sequence: int, received_ns: int, code: Check, detail: str):
+        """A REJECT the gateway decides without the kernel (fail closed)."""
         return types_pb2.Decision(
             verdict=types_pb2.VERDICT_REJECT,
-            failures=[
-                types_pb2.CheckFailure(code=Check.INTERNAL_ERROR.name, detail=f"error={type(exc).__name__}")
-            ],
+            failures=[types_pb2.CheckFailure(code=code.name, detail=detail)],
             sequence=sequence,
             gateway_id=self.gateway_id,
             rules_version=self.engine.version,
@@ -279,7 +354,13 @@ class OrderGate:
         return [
             decision
             if decision.sequence < first_unrecorded
-            else self._internal_error_decision(decision.order, UNRECORDED_SEQUENCE, decision.received_ns, exc)
+            else self._gateway_reject(
+                decision.order,
+                UNRECORDED_SEQUENCE,
+                decision.received_ns,
+                Check.INTERNAL_ERROR,
+                f"error={type(exc).__name__}",
+            )
             for decision in decisions
         ]
 
@@ -290,9 +371,9 @@ class OrderGate:
             log.exception("could not release kernel handle %d", handle)
 
     # -- working orders ---------------------------------------------------------------------
-    def _track(self, order, handle: int, stream: OrderStream | None) -> WorkingOrder:
+    def _track(self, order, handle: int, stream: OrderStream | None, decision_sequence: int) -> WorkingOrder:
         key = (order.account, order.client_order_id)
-        working = WorkingOrder(key, handle, order.quantity_nanos, stream)
+        working = WorkingOrder(key, handle, order.quantity_nanos, stream, decision_sequence)
         previous = self.working.get(key)
         if previous is not None:  # the kernel forgot the old id; the venue cannot mean both
             self._forget(previous)
@@ -318,10 +399,34 @@ class OrderGate:
 
     # -- executions and market data ----------------------------------------------------------
     def apply_executions(self, executions) -> list[gateway_pb2.ExecutionResult]:
-        """Apply validated execution reports in order; one result per report."""
-        return [self._apply_execution(execution) for execution in executions]
+        """Apply validated execution reports in order; one result per report.
 
-    def _apply_execution(self, execution) -> gateway_pb2.ExecutionResult:
+        With an event log, every report and the status it got is recorded before this
+        returns. The reports are applied first (the status is part of the record); if the
+        record then fails the error propagates (the RPC fails, the venue retries, and the
+        retry is recorded as a DUPLICATE of the already applied report).
+        """
+        applied = [self._apply_execution(execution) for execution in executions]
+        if self.events is not None and applied:
+            try:
+                self.events.record(
+                    [
+                        ledger_pb2.GatewayEvent(
+                            execution_reported=ledger_pb2.ExecutionReported(
+                                execution=execution, status=result.status, decision_sequence=decision_sequence
+                            )
+                        )
+                        for execution, (result, decision_sequence) in zip(executions, applied)
+                    ]
+                )
+            except Exception:
+                log.critical("execution reports applied but not recorded for the ledger", exc_info=True)
+                raise
+        return [result for result, _ in applied]
+
+    def _apply_execution(self, execution) -> tuple[gateway_pb2.ExecutionResult, int]:
+        """The result of one report and the sequence of the decision that accepted its
+        order (0 when no working order matched)."""
         result = gateway_pb2.ExecutionResult(
             account=execution.account,
             client_order_id=execution.client_order_id,
@@ -329,11 +434,11 @@ class OrderGate:
         )
         if execution.execution_id in self._applied_executions:
             result.status = types_pb2.EXECUTION_STATUS_DUPLICATE
-            return result
+            return result, 0
         working = self.working.get((execution.account, execution.client_order_id))
         if working is None:
             result.status = types_pb2.EXECUTION_STATUS_UNKNOWN_ORDER
-            return result
+            return result, 0
         if execution.execution_type in _FILL_TYPES:
             quantity = execution.last_quantity_nanos
             status = self.engine.fill(working.handle, quantity, execution.last_price_nanos)
@@ -353,7 +458,28 @@ class OrderGate:
         result.status = _EXEC_STATUS_TO_PROTO[status]
         if status != ExecStatus.UNKNOWN_ORDER:
             self._applied_executions.remember(execution.execution_id, True)
-        return result
+        return result, working.decision_sequence
+
+    def record_rules_loaded(self, rules: CompiledRules, text: str, previous_version: str = "") -> None:
+        """Record that ``rules`` (compiled from ``text``) are in force: at startup (no
+        ``previous_version``) and after every reload (``RulesReloader(on_loaded=...)``).
+        Does nothing without an event log."""
+        if self.events is None:
+            return
+        cause = ledger_pb2.RULES_LOAD_CAUSE_RELOAD if previous_version else ledger_pb2.RULES_LOAD_CAUSE_STARTUP
+        self.events.record(
+            [
+                ledger_pb2.GatewayEvent(
+                    rules_loaded=ledger_pb2.RulesLoaded(
+                        rules_version=rules.version,
+                        previous_version=previous_version,
+                        source=rules.source,
+                        text=text,
+                        cause=cause,
+                    )
+                )
+            ]
+        )
 
     def apply_reference_price(self, symbol: str, price_nanos: int, timestamp_ns: int) -> bool:
         """Record a reference price; False for a symbol the rules do not declare."""
@@ -512,19 +638,36 @@ class RulesReloader:
     Compilation takes milliseconds to seconds; the swap is one assignment, so the order
     path never pauses. Reloads are serialized (one compile at a time). The default path is
     the file the engine's current rules came from.
+
+    ``on_loaded(rules, text, previous_version)`` (e.g. ``OrderGate.record_rules_loaded``)
+    runs on the loop just before the swap; if it raises, the old rules stay in force, so
+    no rules are ever used that the ledger was not told about.
     """
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, on_loaded: Callable[[CompiledRules, str, str], object] | None = None) -> None:
         self._engine = engine
+        self._on_loaded = on_loaded
         self._lock = asyncio.Lock()
+        #: Temporary limit overrides in force (set by the halt follower); every reload
+        #: compiles them on top of the file, so a SIGHUP never drops an approved override.
+        self.overrides: tuple[LimitOverride, ...] = ()
 
-    async def reload(self, path: str | None = None) -> tuple[str, str]:
-        """(previous version, new version); raises RulesError and keeps the old rules when
-        the file does not compile."""
+    async def reload(
+        self, path: str | None = None, overrides: Sequence[LimitOverride] | None = None
+    ) -> tuple[str, str]:
+        """(previous version, new version); raises RulesError and keeps the old rules (and
+        overrides) when the file or an override does not compile. ``overrides`` replaces
+        the set in force; None keeps it."""
         async with self._lock:
             source = path or self._engine.rules.source
-            rules = await asyncio.to_thread(load_rules, source, self._engine.interner)
+            in_force = self.overrides if overrides is None else tuple(overrides)
+            rules, text = await asyncio.to_thread(
+                load_rules_and_text, source, self._engine.interner, in_force
+            )
+            self.overrides = in_force
             previous = self._engine.version
+            if self._on_loaded is not None:
+                self._on_loaded(rules, text, previous)
             self._engine.reload(rules)
             log.info("rules reloaded from %s: %s -> %s", source, previous[:12], rules.version[:12])
             return previous, rules.version

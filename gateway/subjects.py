@@ -9,6 +9,8 @@ subject                                   payload                     stream
 ========================================  ==========================  ======================
 ``pretrade.v1.decisions.<gateway_id>``    ``pretrade.v1.Decision``    ``PRETRADE_DECISIONS``
 ``pretrade.v1.executions.<gateway_id>``   ``pretrade.v1.Execution``   ``PRETRADE_EXECUTIONS``
+``pretrade.v1.events.<gateway_id>``       ``pretrade.v1.GatewayEvent``  ``PRETRADE_EVENTS``
+``pretrade.v1.ledger.checkpoint``         checkpoint note (UTF-8)     (core NATS, none)
 ``pretrade.v1.marketdata.ref.<symbol>``   ``pretrade.v1.ReferencePrice``  (core NATS, none)
 ========================================  ==========================  ======================
 """
@@ -25,6 +27,14 @@ DECISIONS_STREAM_SUBJECTS = (f"{DECISIONS_SUBJECT_PREFIX}.>",)
 EXECUTIONS_STREAM = "PRETRADE_EXECUTIONS"
 EXECUTIONS_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.executions"
 EXECUTIONS_STREAM_SUBJECTS = (f"{EXECUTIONS_SUBJECT_PREFIX}.>",)
+
+#: Gateway events for the ledger: execution reports applied, rules loaded.
+EVENTS_STREAM = "PRETRADE_EVENTS"
+EVENTS_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.events"
+EVENTS_STREAM_SUBJECTS = (f"{EVENTS_SUBJECT_PREFIX}.>",)
+
+#: Where the ledger publishes each new checkpoint (a signed note, UTF-8).
+LEDGER_CHECKPOINT_SUBJECT = f"{SUBJECT_ROOT}.ledger.checkpoint"
 
 REFERENCE_PRICE_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.marketdata.ref"
 #: What a gateway subscribes to: reference prices of every symbol.
@@ -66,6 +76,11 @@ def executions_subject(gateway_id: str) -> str:
     return f"{EXECUTIONS_SUBJECT_PREFIX}.{validate_gateway_id(gateway_id)}"
 
 
+def events_subject(gateway_id: str) -> str:
+    """``pretrade.v1.events.<gateway_id>``: where one gateway publishes its ledger events."""
+    return f"{EVENTS_SUBJECT_PREFIX}.{validate_gateway_id(gateway_id)}"
+
+
 def reference_price_subject(symbol: str) -> str:
     """``pretrade.v1.marketdata.ref.<symbol>``: where a reference price for ``symbol`` is sent.
 
@@ -83,7 +98,8 @@ def reference_price_subject(symbol: str) -> str:
 
 
 def msg_id(gateway_id: str, sequence: int) -> str:
-    """``<gateway_id>:<sequence>``: the ``Nats-Msg-Id`` of a decision.
+    """``<gateway_id>:<sequence>``: the ``Nats-Msg-Id`` of a decision (and, in its own
+    stream, of a gateway event).
 
     JetStream drops a message whose id it has seen within the stream's duplicate window, so
     re-publishing a decision (after a lost ack, a NATS outage or a gateway restart) stores it

@@ -53,18 +53,26 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
 
     halt = subparsers.add_parser("halt", parents=parents, help="halt (or reduce-only) a scope, at once")
     _scope_options(halt)
-    halt.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED: exits still pass")
+    halt.add_argument(
+        "--reduce-only", action="store_true", help="REDUCING instead of HALTED: exits still pass"
+    )
     halt.add_argument(
         "--resume-to", choices=sorted(_RESUME_STATES), default="active", help="what a plain resume returns to"
     )
     halt.set_defaults(handler=cmd_halt)
 
-    resume = subparsers.add_parser("resume", parents=parents, help="resume a scope (FIRM: needs a second operator)")
+    resume = subparsers.add_parser(
+        "resume", parents=parents, help="resume a scope (FIRM: needs a second operator)"
+    )
     _scope_options(resume)
-    resume.add_argument("--to", choices=sorted(_RESUME_STATES), help="ACTIVE or REDUCING (default: the halt's choice)")
+    resume.add_argument(
+        "--to", choices=sorted(_RESUME_STATES), help="ACTIVE or REDUCING (default: the halt's choice)"
+    )
     resume.set_defaults(handler=cmd_resume)
 
-    approve = subparsers.add_parser("approve", parents=parents, help="approve (or reject) another operator's request")
+    approve = subparsers.add_parser(
+        "approve", parents=parents, help="approve (or reject) another operator's request"
+    )
     approve.add_argument("request_id", metavar="REQUEST_ID")
     approve.add_argument("--reject", action="store_true", help="reject instead (or withdraw your own)")
     approve.add_argument("--reason", default="", help="why (kept with the decision)")
@@ -75,7 +83,9 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     halts.add_argument("--all", action="store_true", help="also resumed scopes and decided requests")
     halts.set_defaults(handler=cmd_halts)
 
-    kill = subparsers.add_parser("kill", parents=parents, help="kill switch: halt the firm and cancel all orders")
+    kill = subparsers.add_parser(
+        "kill", parents=parents, help="kill switch: halt the firm and cancel all orders"
+    )
     kill.add_argument("--reason", required=True)
     kill.add_argument("--yes", action="store_true", help=f"do not ask to type {KILL_CONFIRMATION}")
     kill.set_defaults(handler=cmd_kill)
@@ -93,10 +103,13 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a limit as in the rules file, e.g. credit_limit=500000 or 'order_rate_limit={orders=5,window_ms=1000}'",
+        help="a limit as in the rules file, e.g. credit_limit=500000 "
+        "or 'order_rate_limit={orders=5,window_ms=1000}'",
     )
     override.add_argument("--throttle", metavar="FACTOR", help="scale order_rate_limit by FACTOR in (0, 1]")
-    override.add_argument("--minutes", type=float, default=DEFAULT_OVERRIDE_MINUTES, help="default: %(default)s")
+    override.add_argument(
+        "--minutes", type=float, default=DEFAULT_OVERRIDE_MINUTES, help="how long (default: %(default)s)"
+    )
     override.add_argument("--reason", required=True)
     override.set_defaults(handler=cmd_override)
 
@@ -105,7 +118,9 @@ def shared_options() -> argparse.ArgumentParser:
     """The flags every ``pretrade`` command shares (as ``gateway.cli`` defines them)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
-    common.add_argument("--target", default=DEFAULT_LISTEN, help="gateway address to call (default: %(default)s)")
+    common.add_argument(
+        "--target", default=DEFAULT_LISTEN, help="gateway address to call (default: %(default)s)"
+    )
     common.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV_VAR})")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     return common
@@ -144,7 +159,7 @@ def cmd_resume(args) -> int:
     )
     response = _call(args, "RequestResume", request)
     if response.HasField("pending"):
-        lines = [_describe_request(response.pending), f"  a second operator runs: pretrade approve {response.pending.request_id}"]
+        lines = _describe_pending(response.pending)
     else:
         lines = [_describe_state(response.halt)]
     _print(args, response, lines)
@@ -197,12 +212,15 @@ def cmd_kill(args) -> int:
         except EOFError:
             answer = ""
         if answer.strip() != KILL_CONFIRMATION:
-            raise CommandError(f"not confirmed (typed {answer.strip()!r}, not {KILL_CONFIRMATION}): nothing was done")
+            raise CommandError(
+                f"not confirmed (typed {answer.strip()!r}, not {KILL_CONFIRMATION}): nothing was done"
+            )
     request = halts_pb2.RequestHaltRequest(
         scope=_scope("firm"), state=_state("HALTED"), reason=args.reason, cancel_all=True
     )
     response = _call(args, "RequestHalt", request)
-    _print(args, response, [f"KILL SWITCH: {_describe_state(response.halt)}; CANCEL_ALL sent to every order stream"])
+    summary = f"KILL SWITCH: {_describe_state(response.halt)}; CANCEL_ALL sent to every order stream"
+    _print(args, response, [summary])
     return EXIT_OK
 
 
@@ -226,7 +244,7 @@ def cmd_override(args) -> int:
     )
     response = _call(args, "RequestOverride", request)
     if response.HasField("pending"):
-        lines = [_describe_request(response.pending), f"  a second operator runs: pretrade approve {response.pending.request_id}"]
+        lines = _describe_pending(response.pending)
     else:
         lines = [_describe_override(response.override)]
     _print(args, response, lines)
@@ -273,7 +291,8 @@ def _failure(method: str, error: grpc.RpcError) -> CommandError:
         for detail in status_pb2.Status.FromString(value).details:
             bad_request = error_details_pb2.BadRequest()
             if detail.Unpack(bad_request) and len(bad_request.field_violations) > 1:
-                message += " [" + "; ".join(f"{v.field}: {v.description}" for v in bad_request.field_violations) + "]"
+                violations = "; ".join(f"{v.field}: {v.description}" for v in bad_request.field_violations)
+                message += f" [{violations}]"
     return CommandError(" ".join(message.split()))
 
 
@@ -284,7 +303,8 @@ def _failure(method: str, error: grpc.RpcError) -> CommandError:
 
 def _print(args, message, lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True))
+        document = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        print(json.dumps(document, sort_keys=True))
     else:
         print("\n".join(lines))
 
@@ -313,13 +333,15 @@ def _scope_text(scope: int, name: str) -> str:
 
 def _describe_state(halt: halts_pb2.HaltState) -> str:
     who = halt.set_by + (f", approved by {halt.approved_by}" if halt.approved_by else "")
-    text = f"{_state_name(halt.state):<8} {_scope_text(halt.scope, halt.name)} since {_when(halt.set_ns)} by {who}: {halt.reason}"
+    scope = _scope_text(halt.scope, halt.name)
+    text = f"{_state_name(halt.state):<8} {scope} since {_when(halt.set_ns)} by {who}: {halt.reason}"
     notes = []
     if halt.cancel_all:
         notes.append("kill switch")
     if halt.state != state_to_proto(TradingState.ACTIVE):
         resume_to = _state_name(halt.reset.resume_to)
-        notes.append(f"resume -> {resume_to}" + (", needs a second operator" if halt.reset.requires_approval else ""))
+        second = ", needs a second operator" if halt.reset.requires_approval else ""
+        notes.append(f"resume -> {resume_to}{second}")
     return text + (f" [{'; '.join(notes)}]" if notes else "") + f" ({halt.request_id})"
 
 
@@ -335,6 +357,10 @@ def _describe_request(request: halts_pb2.ApprovalRequest) -> str:
     if request.decided_by:
         return text + f" ({status.lower()} by {request.decided_by})"
     return text
+
+
+def _describe_pending(request: halts_pb2.ApprovalRequest) -> list[str]:
+    return [_describe_request(request), f"  a second operator runs: pretrade approve {request.request_id}"]
 
 
 def _override_target(override: halts_pb2.Override) -> str:
@@ -368,7 +394,8 @@ def _describe_snapshot(snapshot: halts_pb2.ListHaltsResponse) -> list[str]:
 
 def _describe_event(event: halts_pb2.HaltEvent) -> str:
     kind = halts_pb2.HaltEventType.Name(event.type).removeprefix("HALT_EVENT_TYPE_")
-    if event.HasField("halt") and event.type in (halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, halts_pb2.HALT_EVENT_TYPE_KILL):
+    state_events = (halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, halts_pb2.HALT_EVENT_TYPE_KILL)
+    if event.HasField("halt") and event.type in state_events:
         detail = _describe_state(event.halt)
     elif event.HasField("override") and event.type in (
         halts_pb2.HALT_EVENT_TYPE_OVERRIDE_ACTIVATED,

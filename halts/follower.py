@@ -120,6 +120,7 @@ class HaltFollower:
         self._retry_interval_s = retry_interval_s
 
         self._ready = False
+        self._stopping = False
         self._states: dict[str, halts_pb2.HaltState] = {}  # state key -> record applied
         self._overrides: dict[str, halts_pb2.Override] = {}  # override key -> record
         self._applied_overrides: tuple[LimitOverride, ...] = ()
@@ -173,17 +174,26 @@ class HaltFollower:
         self._supervisor = asyncio.create_task(self._supervise(), name="halt-follower-supervisor")
 
     async def stop(self) -> None:
-        for task in (self._supervisor, self._watch_task, self._reload_task, *self._side_tasks):
-            if task is not None:
-                task.cancel()
-        for task in (self._supervisor, self._watch_task, self._reload_task, *self._side_tasks):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        """Stop following: ``ready`` turns False (without calling ``on_ready_change``: the
+        gateway is shutting down). Waits at most ``load_timeout_s`` for the background tasks
+        to end."""
+        self._stopping = True
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        tasks = [
+            task
+            for task in (self._supervisor, self._watch_task, self._reload_task, *self._side_tasks)
+            if task is not None and not task.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, still_running = await asyncio.wait(tasks, timeout=self._load_timeout_s)
+            for task in still_running:
+                log.warning("halt follower task %s did not stop in time", task.get_name())
+        self._watch_task = None
         await self._stop_watcher()
-        self._set_ready(False)
+        self._ready = False
 
     # -- loading and watching ------------------------------------------------------------------
     async def _load(self, *, replay_kills: bool) -> None:
@@ -204,7 +214,9 @@ class HaltFollower:
                 try:
                     entry = await watcher.updates(self._load_timeout_s)
                 except NATS_ERRORS as exc:
-                    raise HaltStoreUnavailableError(f"cannot read the {HALTS_BUCKET} bucket: {exc!r}") from None
+                    raise HaltStoreUnavailableError(
+                        f"cannot read the {HALTS_BUCKET} bucket: {exc!r}"
+                    ) from None
                 if entry is None:
                     break
                 revision = max(revision, entry.revision)
@@ -212,7 +224,10 @@ class HaltFollower:
                 if is_removal(entry) or kind not in (STATE_KEY_PREFIX, OVERRIDE_KEY_PREFIX):
                     continue
                 record = decode_record(entry.key, entry.value)
-                (states if kind == STATE_KEY_PREFIX else overrides)[entry.key] = record
+                if kind == STATE_KEY_PREFIX:
+                    states[entry.key] = _checked_state(entry.key, record)
+                else:
+                    overrides[entry.key] = record
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
                 await watcher.stop()
@@ -280,38 +295,45 @@ class HaltFollower:
             record.CopyFrom(previous)
             record.state = state_to_proto(TradingState.ACTIVE)
             record.cancel_all = False
+        _checked_state(key, record)
         scope = scope_from_proto(record.scope)
         state = state_from_proto(record.state)
-        if scope is None or state is None:
-            raise CorruptRecordError(f"KV key {key!r} holds scope {record.scope} / state {record.state}")
         self._engine.set_trading_state(scope, record.name, state)
         self._states[key] = record
         changed = previous.request_id != record.request_id if previous else state != TradingState.ACTIVE
         if changed:
-            log.warning("trading state %s -> %s (%s by %s)", scope_label(scope, record.name), state.name, record.reason, record.set_by)
+            label = scope_label(scope, record.name)
+            log.warning("trading state %s -> %s (%s by %s)", label, state.name, record.reason, record.set_by)
         if record.cancel_all and record.request_id not in self._seen_kills:
             self._seen_kills.add(record.request_id)
             if replay_kill:
                 self._spawn(self._on_cancel_all, control_message(record))
 
     def _overrides_changed(self) -> None:
-        """Recompute the overrides in force; reload the rules if that set changed; arm the
-        timer for the next expiry."""
+        """Reload the rules if the set of overrides in force changed; arm the timer for the
+        next expiry."""
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         now = self._clock()
-        in_force = overrides_in_force(self._overrides.values(), now)
-        wanted = tuple(
-            limit_override(record) for record in in_force if record.override_id not in self._rejected_overrides
-        )
-        if wanted != self._applied_overrides:
+        if self._wanted_overrides(now) != self._applied_overrides:
             self._reload_wanted = True
             if self._reload_task is None or self._reload_task.done():
-                self._reload_task = asyncio.create_task(self._reload_until_current(), name="halt-follower-reload")
+                self._reload_task = asyncio.create_task(
+                    self._reload_until_current(), name="halt-follower-reload"
+                )
+        in_force = overrides_in_force(self._overrides.values(), now)
         if in_force:
             delay_s = max(0.0, (min(record.expires_ns for record in in_force) - now) / NS_PER_S)
             self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self.expire_overrides)
+
+    def _wanted_overrides(self, now_ns: int) -> tuple[LimitOverride, ...]:
+        """The overrides in force at ``now_ns`` that this gateway's rules accept, oldest first."""
+        return tuple(
+            limit_override(record)
+            for record in overrides_in_force(self._overrides.values(), now_ns)
+            if record.override_id not in self._rejected_overrides
+        )
 
     def expire_overrides(self) -> None:
         """Drop the overrides whose expiry has passed by ``clock`` (the timer calls this;
@@ -322,28 +344,24 @@ class HaltFollower:
         """Hand ``reload_rules`` the overrides in force, again until it has the latest set."""
         while self._reload_wanted:
             self._reload_wanted = False
-            now = self._clock()
-            wanted = tuple(
-                limit_override(record)
-                for record in overrides_in_force(self._overrides.values(), now)
-                if record.override_id not in self._rejected_overrides
-            )
+            wanted = self._wanted_overrides(self._clock())
             try:
                 await _call(self._reload_rules, wanted)
             except RulesError as exc:
-                refused = next((o for o in wanted if o.source == exc.source), None)
+                refused = next((override for override in wanted if override.source == exc.source), None)
                 if refused is None:
-                    log.error("rules reload with %d override(s) failed, keeping the previous rules: %s", len(wanted), exc)
-                    continue
-                log.error("override %s refused by this gateway's rules, left out: %s", refused.override_id, exc)
-                self._rejected_overrides.add(refused.override_id)
-                self._reload_wanted = True
+                    log.error("rules reload failed, keeping the previous rules: %s", exc)
+                else:
+                    log.error("override %s refused by these rules, left out: %s", refused.override_id, exc)
+                    self._rejected_overrides.add(refused.override_id)
+                    self._reload_wanted = True
                 continue
             except Exception:
-                log.exception("rules reload with %d override(s) failed, keeping the previous rules", len(wanted))
+                log.exception("rules reload failed, keeping the previous rules")
                 continue
             self._applied_overrides = wanted
-            log.warning("rules reloaded with %d override(s) in force: %s", len(wanted), ", ".join(o.override_id for o in wanted) or "none")
+            in_force = ", ".join(override.override_id for override in wanted) or "none"
+            log.warning("rules reloaded with the overrides in force: %s", in_force)
 
     def _spawn(self, hook: Callable, argument: object) -> None:
         task = asyncio.create_task(_call(hook, argument))
@@ -369,7 +387,7 @@ class HaltFollower:
     # -- staying current -----------------------------------------------------------------------
     async def _supervise(self) -> None:
         """Probe, fail closed when not confirmed current within the bound, and reload."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._probe_interval_s)
             reconnects = self._nc.stats["reconnects"]
             if reconnects != self._reconnects_seen and self._nc.is_connected:
@@ -388,7 +406,8 @@ class HaltFollower:
             info = await asyncio.wait_for(self._js.stream_info(HALTS_BUCKET_STREAM), self._load_timeout_s)
         except NATS_ERRORS:
             return
-        if info.state.last_seq <= self._seen_revision and self._watch_task is not None and not self._watch_task.done():
+        watching = self._watch_task is not None and not self._watch_task.done()
+        if watching and info.state.last_seq <= self._seen_revision:
             self._confirmed_at = self._monotonic()
 
     async def _try_reload(self) -> None:
@@ -396,6 +415,13 @@ class HaltFollower:
             await self._load(replay_kills=True)
         except (HaltStoreUnavailableError, CorruptRecordError) as exc:
             log.error("halt state reload failed (orders stay blocked): %s", exc)
+
+
+def _checked_state(key: str, record: halts_pb2.HaltState) -> halts_pb2.HaltState:
+    """``record``, or CorruptRecordError when its scope or state is not one the kernel knows."""
+    if scope_from_proto(record.scope) is None or state_from_proto(record.state) is None:
+        raise CorruptRecordError(f"KV key {key!r} holds scope {record.scope} / state {record.state}")
+    return record
 
 
 async def _call(hook: Callable, argument: object) -> object:

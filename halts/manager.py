@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
@@ -111,6 +113,8 @@ _EVENT_SUBJECT_TOKENS = {
     halts_pb2.HALT_EVENT_TYPE_OVERRIDE_EXPIRED: EVENT_OVERRIDE_EXPIRED,
 }
 _OVERRIDE_SCOPE_FIELDS = ("account", "symbol", "strategy", "throttle_factor")
+#: What an id made by :func:`new_id` looks like (and all a KV key token may hold).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def new_id(kind: str) -> str:
@@ -189,7 +193,9 @@ class HaltManager:
         self._cas_attempts = cas_attempts
         self._retention_ns = int(decided_request_retention_s * NS_PER_S)
         self._validate_override = validate_override
-        self._unpublished: deque[tuple[str, halts_pb2.HaltEvent]] = deque(maxlen=DEFAULT_UNPUBLISHED_EVENTS_MAX)
+        self._unpublished: deque[tuple[str, halts_pb2.HaltEvent]] = deque(
+            maxlen=DEFAULT_UNPUBLISHED_EVENTS_MAX
+        )
         self._sweeper: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -232,7 +238,9 @@ class HaltManager:
         if state not in (TradingState.REDUCING, TradingState.HALTED):
             violations.append(Violation("state", "must be REDUCING or HALTED"))
         if cancel_all and (scope != Scope.FIRM or state != TradingState.HALTED):
-            violations.append(Violation("cancel_all", "the kill switch halts the FIRM scope: FIRM and HALTED only"))
+            violations.append(
+                Violation("cancel_all", "the kill switch halts the FIRM scope: FIRM and HALTED only")
+            )
         if resume_to not in (TradingState.ACTIVE, TradingState.REDUCING) or (
             state is not None and resume_to is not None and resume_to >= state
         ):
@@ -264,8 +272,12 @@ class HaltManager:
             except RevisionConflictError:
                 await _backoff()
                 continue
-            event_type = halts_pb2.HALT_EVENT_TYPE_KILL if cancel_all else halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED
-            event = self._state_event(event_type, operator.name, halt, previous)
+            event = self._state_event(
+                halts_pb2.HALT_EVENT_TYPE_KILL if cancel_all else halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED,
+                operator.name,
+                halt,
+                previous,
+            )
             if cancel_all:
                 event.control.CopyFrom(control_message(halt))
             await self._publish(event)
@@ -305,18 +317,23 @@ class HaltManager:
         self._authorize(operator, "resume")
         violations = self._scope_violations(scope, name) + _reason_violations(reason)
         if state not in (None, TradingState.ACTIVE, TradingState.REDUCING):
-            violations.append(Violation("state", "must be ACTIVE or REDUCING (or unset: the halt's resume_to)"))
+            violations.append(
+                Violation("state", "must be ACTIVE or REDUCING (or unset: the halt's resume_to)")
+            )
         _raise_if(violations)
 
         for _ in range(self._cas_attempts):
             current = await self.store.state(scope, name)
             previous = _state_of(current)
             target = state
+            if target is None and current is not None:
+                target = state_from_proto(current.record.reset.resume_to)
             if target is None:
-                target = state_from_proto(current.record.reset.resume_to) if current else None
-                target = target or TradingState.ACTIVE
+                target = TradingState.ACTIVE
             if current is None or target >= previous:
-                raise NotHaltedError(f"{scope_label(scope, name)} is {previous.name}: nothing to resume to {target.name}")
+                raise NotHaltedError(
+                    f"{scope_label(scope, name)} is {previous.name}: nothing to resume to {target.name}"
+                )
             now = self._clock()
             if scope == Scope.FIRM:
                 request = halts_pb2.ApprovalRequest(
@@ -333,8 +350,16 @@ class HaltManager:
                     halt_request_id=current.record.request_id,
                 )
                 await self.store.write_request(request, 0)
-                await self._publish(self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVAL_REQUESTED, operator.name, request))
-                log.warning("FIRM resume to %s requested by %s (request %s): %s", target.name, operator.name, request.request_id, reason)
+                await self._publish(
+                    self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVAL_REQUESTED, operator.name, request)
+                )
+                log.warning(
+                    "FIRM resume to %s requested by %s (request %s): %s",
+                    target.name,
+                    operator.name,
+                    request.request_id,
+                    reason,
+                )
                 return request
             halt = halts_pb2.HaltState(
                 scope=scope_to_proto(scope),
@@ -351,19 +376,27 @@ class HaltManager:
             except RevisionConflictError:
                 await _backoff()
                 continue
-            await self._publish(self._state_event(halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, operator.name, halt, previous))
-            log.warning("%s resumed to %s by %s: %s", scope_label(scope, name), target.name, operator.name, reason)
+            await self._publish(
+                self._state_event(halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, operator.name, halt, previous)
+            )
+            log.warning(
+                "%s resumed to %s by %s: %s", scope_label(scope, name), target.name, operator.name, reason
+            )
             return halt
         raise self._contended(scope_label(scope, name))
 
     # -- approvals ------------------------------------------------------------------------------
-    async def approve(self, operator: Operator, request_id: str, *, reject: bool = False, reason: str = "") -> Approval:
+    async def approve(
+        self, operator: Operator, request_id: str, *, reject: bool = False, reason: str = ""
+    ) -> Approval:
         """Approve (or reject) a pending request. Approving applies it: the FIRM resume or the
         override. The requester may reject (withdraw) but never approve their own request."""
         self._authorize(operator, "reject requests" if reject else "approve requests")
         violations = []
         if not request_id.strip():
             violations.append(Violation("request_id", "is required"))
+        elif not _REQUEST_ID.fullmatch(request_id):
+            violations.append(Violation("request_id", "is not a request id (req-<16 hex digits>)"))
         if reason and reason_problem(reason):
             violations.append(Violation("reason", reason_problem(reason)))
         _raise_if(violations)
@@ -382,8 +415,11 @@ class HaltManager:
             await self._expire_request(found, now)
             raise RequestExpiredError(f"request {request_id} expired; ask again (pretrade resume / override)")
         if reject:
-            rejected = (await self._decide(found, halts_pb2.APPROVAL_STATUS_REJECTED, operator.name, now, reason)).record
-            await self._publish(self._request_event(halts_pb2.HALT_EVENT_TYPE_REJECTED, operator.name, rejected, reason))
+            status = halts_pb2.APPROVAL_STATUS_REJECTED
+            rejected = (await self._decide(found, status, operator.name, now, reason)).record
+            await self._publish(
+                self._request_event(halts_pb2.HALT_EVENT_TYPE_REJECTED, operator.name, rejected, reason)
+            )
             return Approval(rejected)
         if operator.name == request.requested_by:
             raise SelfApprovalError(
@@ -420,8 +456,14 @@ class HaltManager:
             # The scope changed between our read and our write: the approval is void.
             await self._supersede(decided, now)
         previous = _state_of(current)
-        await self._publish(self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVED, operator.name, approved, reason, halt=halt))
-        await self._publish(self._state_event(halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, operator.name, halt, previous))
+        await self._publish(
+            self._request_event(
+                halts_pb2.HALT_EVENT_TYPE_APPROVED, operator.name, approved, reason, halt=halt
+            )
+        )
+        await self._publish(
+            self._state_event(halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, operator.name, halt, previous)
+        )
         log.warning(
             "FIRM resumed to %s: requested by %s, approved by %s (request %s)",
             state_from_proto(halt.state).name,
@@ -434,7 +476,8 @@ class HaltManager:
     async def _approve_override(
         self, found: Versioned[halts_pb2.ApprovalRequest], operator: Operator, now: int, reason: str
     ) -> Approval:
-        approved = (await self._decide(found, halts_pb2.APPROVAL_STATUS_APPROVED, operator.name, now, reason)).record
+        decided = await self._decide(found, halts_pb2.APPROVAL_STATUS_APPROVED, operator.name, now, reason)
+        approved = decided.record
         override = halts_pb2.Override()
         override.CopyFrom(approved.override)
         override.approved_by = operator.name
@@ -442,9 +485,13 @@ class HaltManager:
         override.expires_ns = now + override.duration_s * NS_PER_S
         await self.store.write_override(override, 0)
         await self._publish(
-            self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVED, operator.name, approved, reason, override=override)
+            self._request_event(
+                halts_pb2.HALT_EVENT_TYPE_APPROVED, operator.name, approved, reason, override=override
+            )
         )
-        await self._publish(self._override_event(halts_pb2.HALT_EVENT_TYPE_OVERRIDE_ACTIVATED, operator.name, override))
+        await self._publish(
+            self._override_event(halts_pb2.HALT_EVENT_TYPE_OVERRIDE_ACTIVATED, operator.name, override)
+        )
         log.warning(
             "override %s in force until %d: requested by %s, approved by %s",
             override.override_id,
@@ -468,10 +515,12 @@ class HaltManager:
         try:
             revision = await self.store.write_request(decided, found.revision)
         except RevisionConflictError:
-            raise RequestNotPendingError(f"request {decided.request_id} was decided by someone else meanwhile") from None
+            raise RequestNotPendingError(
+                f"request {decided.request_id} was decided by someone else meanwhile"
+            ) from None
         return Versioned(decided, revision)
 
-    async def _supersede(self, found: Versioned[halts_pb2.ApprovalRequest], now: int) -> None:
+    async def _supersede(self, found: Versioned[halts_pb2.ApprovalRequest], now: int) -> NoReturn:
         """Reject a request whose scope changed since it was made, then refuse the approval."""
         request = found.record
         reason = "superseded: the scope changed after the request was made"
@@ -483,10 +532,12 @@ class HaltManager:
             rejected.decided_ns = now
             rejected.decision_reason = reason
             await self.store.write_request(rejected, found.revision)
-            await self._publish(self._request_event(halts_pb2.HALT_EVENT_TYPE_REJECTED, MANAGER_ACTOR, rejected, reason))
+            await self._publish(
+                self._request_event(halts_pb2.HALT_EVENT_TYPE_REJECTED, MANAGER_ACTOR, rejected, reason)
+            )
         raise RequestSupersededError(
-            f"request {request.request_id} is void: {scope_label(scope_from_proto(request.scope), request.name)} "
-            "changed after it was made; "
+            f"request {request.request_id} is void: "
+            f"{scope_label(scope_from_proto(request.scope), request.name)} changed after it was made; "
             "ask again if the resume is still wanted"
         )
 
@@ -526,7 +577,9 @@ class HaltManager:
             if value and name_problem(value):
                 violations.append(Violation(field_name, name_problem(value)))
         if not 1 <= duration_s <= self._max_override_duration_s:
-            violations.append(Violation("duration_s", f"must be 1 to {self._max_override_duration_s} seconds"))
+            violations.append(
+                Violation("duration_s", f"must be 1 to {self._max_override_duration_s} seconds")
+            )
         now = self._clock()
         override = halts_pb2.Override(
             override_id=new_id("thr" if is_throttle else "ovr"),
@@ -549,8 +602,16 @@ class HaltManager:
             override.starts_ns = now
             override.expires_ns = now + duration_s * NS_PER_S
             await self.store.write_override(override, 0)
-            await self._publish(self._override_event(halts_pb2.HALT_EVENT_TYPE_OVERRIDE_ACTIVATED, operator.name, override))
-            log.warning("throttle %s in force for %d s by %s: %s", override.override_id, duration_s, operator.name, reason)
+            await self._publish(
+                self._override_event(halts_pb2.HALT_EVENT_TYPE_OVERRIDE_ACTIVATED, operator.name, override)
+            )
+            log.warning(
+                "throttle %s in force for %d s by %s: %s",
+                override.override_id,
+                duration_s,
+                operator.name,
+                reason,
+            )
             return override
         request_id = new_id("req")
         override.request_id = request_id
@@ -565,7 +626,9 @@ class HaltManager:
             override=override,
         )
         await self.store.write_request(request, 0)
-        await self._publish(self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVAL_REQUESTED, operator.name, request))
+        await self._publish(
+            self._request_event(halts_pb2.HALT_EVENT_TYPE_APPROVAL_REQUESTED, operator.name, request)
+        )
         return request
 
     def _override_violations(self, override: halts_pb2.Override) -> list[Violation]:
@@ -627,7 +690,8 @@ class HaltManager:
                 data = await queue.get()
                 if data is None:
                     raise WatcherTooSlowError(
-                        f"fell more than {DEFAULT_WATCH_QUEUE_EVENTS} events behind; watch again for a fresh snapshot"
+                        f"fell more than {DEFAULT_WATCH_QUEUE_EVENTS} events behind; "
+                        "watch again for a fresh snapshot"
                     )
                 yield halts_pb2.HaltEvent.FromString(data)
 
@@ -667,7 +731,9 @@ class HaltManager:
 
     # -- events ---------------------------------------------------------------------------------
     def _base_event(self, event_type: int, actor: str, reason: str) -> halts_pb2.HaltEvent:
-        return halts_pb2.HaltEvent(event_id=new_id("evt"), type=event_type, at_ns=self._clock(), actor=actor, reason=reason)
+        return halts_pb2.HaltEvent(
+            event_id=new_id("evt"), type=event_type, at_ns=self._clock(), actor=actor, reason=reason
+        )
 
     def _state_event(
         self, event_type: int, actor: str, halt: halts_pb2.HaltState, previous: TradingState
@@ -708,7 +774,9 @@ class HaltManager:
             event.override.CopyFrom(override)
         return event
 
-    def _override_event(self, event_type: int, actor: str, override: halts_pb2.Override) -> halts_pb2.HaltEvent:
+    def _override_event(
+        self, event_type: int, actor: str, override: halts_pb2.Override
+    ) -> halts_pb2.HaltEvent:
         event = self._base_event(event_type, actor, override.reason)
         event.request_id = override.request_id
         event.requested_by = override.requested_by
@@ -739,7 +807,8 @@ class HaltManager:
         if not operator.may_operate:
             roles = ", ".join(sorted(operator.roles)) or "none"
             raise RoleRequiredError(
-                f"{operator.name} (roles: {roles}) may not change trading states: needs the operator or admin role"
+                f"{operator.name} (roles: {roles}) may not change trading states: "
+                "needs the operator or admin role"
             )
         if operator.is_watchdog and person_only_action is not None:
             raise WatchdogNotPermittedError(
@@ -775,9 +844,8 @@ def _raise_if(violations: list[Violation]) -> None:
 
 
 def _state_of(current: Versioned[halts_pb2.HaltState] | None) -> TradingState:
-    if current is None:
-        return TradingState.ACTIVE
-    return state_from_proto(current.record.state) or TradingState.ACTIVE
+    state = state_from_proto(current.record.state) if current is not None else None
+    return TradingState.ACTIVE if state is None else state
 
 
 def _revision(current: Versioned | None) -> int:

@@ -91,7 +91,9 @@ def principal_from_context() -> Operator | None:
 class HaltServicer(halts_pb2_grpc.HaltServiceServicer):
     """pretrade.v1.HaltService; see the module docstring."""
 
-    def __init__(self, manager: HaltManager, *, caller: Callable[[], Operator | None] = principal_from_context):
+    def __init__(
+        self, manager: HaltManager, *, caller: Callable[[], Operator | None] = principal_from_context
+    ) -> None:
         self.manager = manager
         self._caller = caller
 

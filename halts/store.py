@@ -102,7 +102,9 @@ def decode_record(key: str, value: bytes) -> Message | None:
     try:
         return record_type.FromString(value)
     except DecodeError as exc:
-        raise CorruptRecordError(f"KV key {key!r} does not hold a {record_type.DESCRIPTOR.full_name}: {exc}") from None
+        raise CorruptRecordError(
+            f"KV key {key!r} does not hold a {record_type.DESCRIPTOR.full_name}: {exc}"
+        ) from None
 
 
 def is_removal(entry: KeyValue.Entry) -> bool:
@@ -110,7 +112,9 @@ def is_removal(entry: KeyValue.Entry) -> bool:
     return entry.operation in (KV_DEL, KV_PURGE)
 
 
-async def open_bucket(js, *, replicas: int = DEFAULT_REPLICAS, timeout_s: float = DEFAULT_STORE_TIMEOUT_S) -> KeyValue:
+async def open_bucket(
+    js, *, replicas: int = DEFAULT_REPLICAS, timeout_s: float = DEFAULT_STORE_TIMEOUT_S
+) -> KeyValue:
     """The bucket, created (file storage, ``replicas``, history) if it does not exist yet.
     A fresh bucket means "nothing is halted", which is the truth on a new installation."""
     try:
@@ -145,7 +149,9 @@ class HaltStore:
             kv = await open_bucket(js, replicas=replicas, timeout_s=timeout_s)
             await asyncio.wait_for(_ensure_events_stream(js, replicas), timeout_s)
         except NATS_ERRORS as exc:
-            raise HaltStoreUnavailableError(f"cannot open the {HALTS_BUCKET} bucket: {_describe(exc)}") from None
+            raise HaltStoreUnavailableError(
+                f"cannot open the {HALTS_BUCKET} bucket: {_describe(exc)}"
+            ) from None
         return cls(nc, kv, timeout_s=timeout_s)
 
     # -- reads --------------------------------------------------------------------------------
@@ -172,16 +178,17 @@ class HaltStore:
     async def snapshot(self) -> Snapshot:
         """Every key's latest record (delete markers left out)."""
         snapshot = Snapshot()
+        unreadable = f"cannot read the {HALTS_BUCKET} bucket"
         try:
             watcher = await asyncio.wait_for(self.kv.watchall(), self._timeout_s)
         except NATS_ERRORS as exc:
-            raise HaltStoreUnavailableError(f"cannot read the {HALTS_BUCKET} bucket: {_describe(exc)}") from None
+            raise HaltStoreUnavailableError(f"{unreadable}: {_describe(exc)}") from None
         try:
             while True:
                 try:
                     entry = await watcher.updates(self._timeout_s)
                 except NATS_ERRORS as exc:
-                    raise HaltStoreUnavailableError(f"cannot read the {HALTS_BUCKET} bucket: {_describe(exc)}") from None
+                    raise HaltStoreUnavailableError(f"{unreadable}: {_describe(exc)}") from None
                 if entry is None:
                     return snapshot
                 snapshot.revision = max(snapshot.revision, entry.revision)
@@ -199,10 +206,12 @@ class HaltStore:
         payload = record.SerializeToString()
         if expected_revision == 0:
             return await self._compare_and_swap(key, expected_revision, self.kv.create(key, payload))
-        return await self._compare_and_swap(key, expected_revision, self.kv.update(key, payload, last=expected_revision))
+        update = self.kv.update(key, payload, last=expected_revision)
+        return await self._compare_and_swap(key, expected_revision, update)
 
     async def write_state(self, record: halts_pb2.HaltState, expected_revision: int) -> int:
-        return await self._write(state_key(scope_from_proto(record.scope), record.name), record, expected_revision)
+        key = state_key(scope_from_proto(record.scope), record.name)
+        return await self._write(key, record, expected_revision)
 
     async def write_request(self, record: halts_pb2.ApprovalRequest, expected_revision: int) -> int:
         return await self._write(request_key(record.request_id), record, expected_revision)
@@ -220,7 +229,8 @@ class HaltStore:
             return await asyncio.wait_for(write, self._timeout_s)
         except nats.js.errors.APIError as exc:
             # kv.create/update raise KeyWrongLastSequenceError, kv.delete the raw APIError.
-            if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) or exc.err_code in _WRONG_LAST_SEQUENCE:
+            wrong_revision = isinstance(exc, nats.js.errors.KeyWrongLastSequenceError)
+            if wrong_revision or exc.err_code in _WRONG_LAST_SEQUENCE:
                 raise RevisionConflictError(f"{key} changed since revision {expected_revision}") from None
             raise HaltStoreUnavailableError(f"cannot write {key}: {_describe(exc)}") from None
         except NATS_ERRORS as exc:
@@ -237,7 +247,9 @@ class HaltStore:
                 timeout=self._timeout_s,
             )
         except NATS_ERRORS as exc:
-            raise HaltStoreUnavailableError(f"cannot publish event {event.event_id}: {_describe(exc)}") from None
+            raise HaltStoreUnavailableError(
+                f"cannot publish event {event.event_id}: {_describe(exc)}"
+            ) from None
 
     async def subscribe_events(self, subject: str, callback: Callable) -> object:
         """A core-NATS subscription to ``subject`` (WatchHalts): events as they happen."""

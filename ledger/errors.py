@@ -161,3 +161,101 @@ class InvalidKeyError(NoteError):
 
 class MalformedCheckpointError(NoteError):
     """A note text is not a well-formed checkpoint body (c2sp.org/tlog-checkpoint)."""
+
+
+# --- canonical entries ------------------------------------------------------------------
+
+
+class EntryFormatError(LedgerError, ValueError):
+    """Bytes that are not a canonical ledger entry: unknown encoding version or kind, too
+    short, or a payload that does not decode as the kind's message with its identity set
+    (docs/ledger.md, "Entry encoding")."""
+
+
+# --- reading and explaining ---------------------------------------------------------------
+
+
+class NoCheckpointError(LedgerError):
+    """The ledger has no checkpoint yet, and the request needs one (a proof against the
+    latest checkpoint, an evidence pack)."""
+
+
+class EntryNotCheckpointedError(LedgerError):
+    """The entry is newer than the latest checkpoint, so there is no signed root to prove
+    it against yet (checkpoints follow within one checkpoint interval)."""
+
+
+class CheckpointNotFoundError(LedgerError, LookupError):
+    """No checkpoint is stored at the requested tree size."""
+
+
+class UnknownOrderError(LedgerError, LookupError):
+    """The ledger holds no entry for the requested (account, client order id) or trace id."""
+
+
+class ExportRangeError(LedgerError, ValueError):
+    """An export range that is empty, reversed, or not covered by the latest checkpoint."""
+
+
+class SigningKeyFileError(LedgerError):
+    """A signing or verifier key file that cannot be read, is malformed, or (keygen) would
+    overwrite an existing key."""
+
+
+# --- evidence packs -----------------------------------------------------------------------
+
+
+class PackError(LedgerError):
+    """Base class of evidence-pack errors: the pack does not prove what it claims."""
+
+
+class PackFormatError(PackError):
+    """Not an evidence pack: unreadable archive, missing member, malformed manifest or
+    record, or an unknown pack format version."""
+
+
+class PackFileMismatchError(PackError):
+    """A member of the pack differs from the digest the manifest lists for it."""
+
+
+class PackCheckpointError(PackError):
+    """The pack's checkpoint does not parse, is not signed by the (pinned) verifier key, or
+    disagrees with the manifest."""
+
+
+class PackEntryError(PackError):
+    """One entry of the pack fails; ``index`` is its ledger index, ``reason`` says why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"entry {index}: {reason}")
+
+
+class PackLeafHashMismatchError(PackEntryError):
+    """An entry's listed leaf hash differs from H(0x00 || entry bytes)."""
+
+
+class PackInclusionProofError(PackEntryError):
+    """An entry's inclusion proof does not lead to the checkpoint's root."""
+
+
+class PackEntryFormatError(PackEntryError):
+    """An entry's bytes are not a canonical ledger entry."""
+
+
+class PackRangeError(PackError):
+    """The pack's entries do not cover exactly the range its manifest states, once each."""
+
+
+class PackRulesError(PackError):
+    """A rules version referenced by a decision of the pack is not backed by a proven
+    RulesLoaded entry, or a rules text file differs from the text in that entry."""
+
+
+# --- ingest --------------------------------------------------------------------------------
+
+
+class LedgerLockedError(LedgerError):
+    """Another ingest worker (process, or instance in this one) owns the ledger directory:
+    a ledger has one writer."""

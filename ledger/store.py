@@ -43,6 +43,14 @@ meanwhile cannot be reused and the file grows until it ends. A reader process th
 leaves a stale slot in LMDB's reader table that pins pages the same way; the writer clears
 such slots whenever it opens the ledger.
 
+Auxiliary databases. Beside its own four sub-databases the environment may hold
+:data:`MAX_AUXILIARY_DATABASES` more, named by the caller (the ingest worker keeps its
+de-duplication table and the lookup indexes there, ``ledger.index``). They are written
+through the ``also_write`` hook of :meth:`LedgerStore.append_batch`, in the same write
+transaction as the entries, so an index never names an entry that is not committed and a
+committed entry is never missing from an index. The Merkle tree does not cover them: they
+are derived data, rebuilt from the entries if ever in doubt.
+
 Map size. LMDB maps the file into memory up to ``map_size`` bytes, a ceiling on the
 database size (address space, not RAM; the file only grows as data is written). The
 default is :data:`DEFAULT_MAP_SIZE_BYTES`. When a write hits the ceiling the writer
@@ -95,6 +103,7 @@ from ledger.errors import (
 
 DEFAULT_MAP_SIZE_BYTES = 64 << 30  # 64 GiB of address space; doubled whenever a write hits it
 DEFAULT_VERIFY_CHUNK_ENTRIES = 1 << 16  # entries hashed per step of verify(): bounds its memory
+MAX_AUXILIARY_DATABASES = 12  # named sub-databases callers may add beside the ledger's own four
 FORMAT_VERSION = b"1"
 LMDB_DATA_FILE = "data.mdb"
 
@@ -105,6 +114,8 @@ _CHECKPOINTS_DB = b"checkpoints"
 _META_FORMAT_VERSION = b"format_version"
 _META_HASH = b"hash"
 _META_TREE_SIZE = b"tree_size"
+
+_LEDGER_DATABASES = (_ENTRIES_DB, _NODES_DB, _META_DB, _CHECKPOINTS_DB)
 
 _T = TypeVar("_T")
 _UINT64 = struct.Struct(">Q")
@@ -217,6 +228,7 @@ class LedgerStore:
         self._nodes = env.open_db(_NODES_DB, create=False)
         self._meta = env.open_db(_META_DB, create=False)
         self._checkpoints = env.open_db(_CHECKPOINTS_DB, create=False)
+        self._auxiliary: dict[bytes, lmdb._Database] = {}
         self._write_lock = threading.Lock()
         self._read_gate = threading.Condition()  # guards _active_reads; map resizes wait on it
         self._active_reads = 0
@@ -236,7 +248,7 @@ class LedgerStore:
         return lmdb.open(
             str(path),
             map_size=map_size_bytes,
-            max_dbs=4,
+            max_dbs=len(_LEDGER_DATABASES) + MAX_AUXILIARY_DATABASES,
             readonly=readonly,
             create=False,
             sync=True,
@@ -333,6 +345,39 @@ class LedgerStore:
     def hash_name(self) -> str:
         return self._hasher.name
 
+    # --- auxiliary databases -------------------------------------------------------------------
+
+    def auxiliary_database(self, name: bytes) -> lmdb._Database | None:
+        """The caller's named sub-database ``name`` in this ledger's environment.
+
+        A writable store creates it if needed; a readonly one returns None while the writer
+        has not created it yet. Write to it only through ``append_batch(also_write=...)``;
+        read it in :meth:`read_transaction`. See the module docstring.
+        """
+        if name in _LEDGER_DATABASES:
+            raise ValueError(f"{name!r} is one of the ledger's own databases")
+        database = self._auxiliary.get(name)
+        if database is not None:
+            return database
+        if self._readonly:
+            try:
+                with self._read_txn() as txn:
+                    database = self._env.open_db(name, txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return None
+        else:
+            with self._write_lock:
+                database = self._write(lambda txn: self._env.open_db(name, txn=txn))
+        self._auxiliary[name] = database
+        return database
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[lmdb.Transaction]:
+        """One consistent snapshot of the whole environment (entries, tree size and the
+        auxiliary databases alike), for readers that need several lookups to agree."""
+        with self._read_txn() as txn:
+            yield txn
+
     # --- transactions and map growth ----------------------------------------------------------
 
     @contextmanager
@@ -403,12 +448,19 @@ class LedgerStore:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def append_batch(self, entries: Sequence[bytes]) -> int:
+    def append_batch(
+        self, entries: Sequence[bytes], *, also_write: Callable[[lmdb.Transaction, int], object] | None = None
+    ) -> int:
         """Append ``entries`` durably in ONE write transaction; return the index of the first.
 
         The entries, their leaf hashes and every interior node they complete are written
         together and fsync'ed once, so after a crash either the whole batch is in the ledger
         or none of it is. An empty batch writes nothing and returns the current size.
+
+        ``also_write(txn, first_index)`` runs inside that transaction after the entries are
+        written, to put derived data (indexes) into auxiliary databases atomically with
+        them. If the map has to grow, the transaction is run again from the start, so
+        ``also_write`` must only write through ``txn``.
         """
         self._require_writable()
         with self._write_lock:
@@ -418,7 +470,13 @@ class LedgerStore:
             leaf_hashes = self._hasher.hash_leaves(entries)
             frontier = list(self._frontier)
             completed_nodes = merkle.append_leaf_hashes(self._hasher, frontier, first_index, leaf_hashes)
-            self._write(lambda txn: self._write_batch(txn, first_index, entries, completed_nodes))
+
+            def write(txn: lmdb.Transaction) -> None:
+                self._write_batch(txn, first_index, entries, completed_nodes)
+                if also_write is not None:
+                    also_write(txn, first_index)
+
+            self._write(write)
             self._frontier = frontier
             self._tree_size = first_index + len(entries)
             return first_index
@@ -553,6 +611,7 @@ class LedgerStore:
         *,
         checkpoint_verifiers: Sequence[NoteVerifier] = (),
         chunk_entries: int = DEFAULT_VERIFY_CHUNK_ENTRIES,
+        progress: Callable[[int, int], object] | None = None,
     ) -> VerifyReport:
         """Recompute the tree from the entries and compare it with everything stored.
 
@@ -565,6 +624,9 @@ class LedgerStore:
 
         ``from_index > 0`` verifies a tail incrementally, trusting the stored perfect
         subtrees left of ``from_index`` (verified by an earlier run).
+
+        ``progress(entries_verified, entries_to_verify)`` is called after every chunk (a
+        progress bar); it runs on the verifying thread, so it should be quick.
 
         All reads happen in one snapshot, so a concurrent writer does not disturb the run.
         Returns a :class:`VerifyReport`; raises a :class:`LedgerIntegrityError` subclass
@@ -592,6 +654,8 @@ class LedgerStore:
             for start, stop in pairwise(boundaries):
                 self._verify_entries(entries_cursor, nodes_cursor, frontier, start, stop)
                 check_checkpoint_at(stop)
+                if progress is not None:
+                    progress(stop - from_index, tree_size - from_index)
             self._check_last_key(entries_cursor, tree_size, tree_size, "entries")
             self._check_last_key(nodes_cursor, stored_node_count(tree_size), tree_size, "nodes")
             sizes_beyond = sorted(size for size in checkpoints if size > tree_size)

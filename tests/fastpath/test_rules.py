@@ -1062,7 +1062,11 @@ def test_no_overrides_is_the_file_itself():
 def test_account_override_takes_precedence_and_names_itself():
     raised = LimitOverride(
         "ovr-1",
-        {"credit_limit": "500000", "max_order_qty": 2000, "order_rate_limit": {"orders": 5, "window_ms": 250}},
+        {
+            "credit_limit": "500000",
+            "max_order_qty": 2000,
+            "order_rate_limit": {"orders": 5, "window_ms": 250},
+        },
         account="PLAIN",
     )
     rules = with_overrides(raised)
@@ -1070,11 +1074,13 @@ def test_account_override_takes_precedence_and_names_itself():
     assert tables.account_credit_limit[row] == 500_000 * NOTIONAL_SCALE
     assert rules.path(tables.account_credit_path[row]) == "overrides.ovr-1.credit_limit"
     assert tables.account_limits[row, LimitKind.MAX_ORDER_QTY] == 2000 * QTY_SCALE
-    assert rules.path(tables.account_limit_paths[row, LimitKind.MAX_ORDER_QTY]) == "overrides.ovr-1.max_order_qty"
+    qty_path = rules.path(tables.account_limit_paths[row, LimitKind.MAX_ORDER_QTY])
+    assert qty_path == "overrides.ovr-1.max_order_qty"
     assert (tables.account_rate_orders[row], tables.account_rate_window_ns[row]) == (5, 250 * NS_PER_MS)
     assert rules.path(tables.account_rate_path[row]) == "overrides.ovr-1.order_rate_limit"
     # The model carries the override too (the reference evaluator reads the model).
-    assert rules.accounts["PLAIN"].credit_limit == Setting(500_000 * NOTIONAL_SCALE, "overrides.ovr-1.credit_limit")
+    credit = rules.accounts["PLAIN"].credit_limit
+    assert credit == Setting(500_000 * NOTIONAL_SCALE, "overrides.ovr-1.credit_limit")
     # What the override does not set still comes from the file.
     assert rules.path(tables.account_max_working_path[row]) == "firm.limits.max_working_orders"
     # Other accounts are untouched, and the version shows the override in force.
@@ -1096,7 +1102,9 @@ def test_account_override_does_not_beat_the_files_account_symbol_setting():
 
 
 def test_account_symbol_override_adds_an_override_row():
-    rules = with_overrides(LimitOverride("sym", {"max_long_position": "unlimited"}, account="PLAIN", symbol="BBB"))
+    rules = with_overrides(
+        LimitOverride("sym", {"max_long_position": "unlimited"}, account="PLAIN", symbol="BBB")
+    )
     plain, bbb = rules.interner.account_ids["PLAIN"], rules.interner.symbol_ids["BBB"]
     row = rules.tables.override_keys.tolist().index(plain << 32 | bbb)
     assert rules.tables.override_limits[row, LimitKind.MAX_LONG_POSITION] == LIMIT_UNLIMITED
@@ -1119,41 +1127,46 @@ def test_later_override_wins_at_the_same_scope():
 
 
 @pytest.mark.parametrize(
-    ("override", "scope_row", "orders", "window_ms"),
+    ("override", "scope_row", "expected_orders", "window_ms"),
     [
         # PLAIN inherits the firm's 100 / 1000 ms.
         (LimitOverride("t", throttle_factor="0.25", account="PLAIN"), ("account", "PLAIN"), 25, 1000),
         # INHERITS takes firm.strategy_limits 40 / 2000 ms; OWNRATE its own 7 / 100 ms.
-        (LimitOverride("t", throttle_factor=Decimal("0.5"), strategy="INHERITS"), ("strategy", "INHERITS"), 20, 2000),
+        (
+            LimitOverride("t", throttle_factor=Decimal("0.5"), strategy="INHERITS"),
+            ("strategy", "INHERITS"),
+            20,
+            2000,
+        ),
         (LimitOverride("t", throttle_factor="0.1", strategy="OWNRATE"), ("strategy", "OWNRATE"), 1, 100),
         (LimitOverride("t", throttle_factor=1, strategy="OWNRATE"), ("strategy", "OWNRATE"), 7, 100),
     ],
 )
-def test_throttle_scales_the_rate_in_force(override, scope_row, orders, window_ms):
+def test_throttle_scales_the_rate_in_force(override, scope_row, expected_orders, window_ms):
     rules = with_overrides(override)
     scope, name = scope_row
     tables = rules.tables
-    if scope == "account":
-        row = rules.interner.account_ids[name]
-        got = (tables.account_rate_orders[row], tables.account_rate_window_ns[row], tables.account_rate_path[row])
-    else:
-        row = rules.interner.strategy_ids[name]
-        got = (tables.strategy_rate_orders[row], tables.strategy_rate_window_ns[row], tables.strategy_rate_path[row])
-    assert got[:2] == (orders, window_ms * NS_PER_MS)
-    assert rules.path(got[2]) == "overrides.t.order_rate_limit"
+    ids = rules.interner.account_ids if scope == "account" else rules.interner.strategy_ids
+    row = ids[name]
+    orders = getattr(tables, f"{scope}_rate_orders")[row]
+    window_ns = getattr(tables, f"{scope}_rate_window_ns")[row]
+    path_id = getattr(tables, f"{scope}_rate_path")[row]
+    assert (orders, window_ns) == (expected_orders, window_ms * NS_PER_MS)
+    assert rules.path(path_id) == "overrides.t.order_rate_limit"
 
 
 def test_override_limits_accept_every_spelling_the_file_accepts():
     spellings = [5, Decimal("5"), "5", "5.0"]
-    versions = {with_overrides(LimitOverride("o", {"credit_limit": value}, account="PLAIN")).version for value in spellings}
-    assert len(versions) == 1
+    overrides = [LimitOverride("o", {"credit_limit": value}, account="PLAIN") for value in spellings]
+    assert len({with_overrides(override).version for override in overrides}) == 1
 
 
 OVERRIDE_ERROR_CASES = [
     # (id, override, error class, key path, value, message fragment)
     ("both-scopes", LimitOverride("o", {"credit_limit": 1}, account="PLAIN", strategy="INHERITS"),
      InvalidValueError, "overrides.o.strategy", "INHERITS", "not both"),
-    ("no-scope", LimitOverride("o", {"credit_limit": 1}), MissingKeyError, "overrides.o.account", None, "names an account"),
+    ("no-scope", LimitOverride("o", {"credit_limit": 1}),
+     MissingKeyError, "overrides.o.account", None, "names an account"),
     ("undeclared-account", LimitOverride("o", {"credit_limit": 1}, account="NOPE"),
      UndeclaredNameError, "overrides.o.account", "NOPE", "not declared"),
     ("undeclared-symbol", LimitOverride("o", {"max_order_qty": 1}, account="PLAIN", symbol="ZZZ"),
@@ -1188,7 +1201,8 @@ OVERRIDE_ERROR_CASES = [
      InvalidValueError, "overrides.o.throttle_factor", "1.5", "at most 1"),
     ("factor-too-fine", LimitOverride("o", throttle_factor="0.0000001", account="PLAIN"),
      InvalidValueError, "overrides.o.throttle_factor", "0.0000001", "decimal places"),
-    ("factor-and-rate", LimitOverride("o", {"order_rate_limit": "unlimited"}, throttle_factor="0.5", account="PLAIN"),
+    ("factor-and-rate",
+     LimitOverride("o", {"order_rate_limit": "unlimited"}, throttle_factor="0.5", account="PLAIN"),
      InvalidValueError, "overrides.o.throttle_factor", "0.5", "not both"),
     ("factor-on-symbol", LimitOverride("o", throttle_factor="0.5", account="PLAIN", symbol="AAA"),
      InvalidValueError, "overrides.o.throttle_factor", "0.5", "names no symbol"),
@@ -1201,7 +1215,9 @@ OVERRIDE_ERROR_CASES = [
     ("override", "error_class", "key_path", "value", "fragment"),
     [pytest.param(override, *rest, id=case_id) for case_id, override, *rest in OVERRIDE_ERROR_CASES],
 )
-def test_override_errors_name_the_override_key_path_and_value(override, error_class, key_path, value, fragment):
+def test_override_errors_name_the_override_key_path_and_value(
+    override, error_class, key_path, value, fragment
+):
     with pytest.raises(error_class) as caught:
         with_overrides(override)
     error = caught.value
@@ -1229,7 +1245,9 @@ def test_check_override_finds_every_error_that_needs_no_rules_file(override, err
 
 
 def test_check_override_accepts_undeclared_names_and_valid_values():
-    check_override(LimitOverride("o", {"credit_limit": "2.5", "order_rate_limit": "unlimited"}, account="ANY"))
+    check_override(
+        LimitOverride("o", {"credit_limit": "2.5", "order_rate_limit": "unlimited"}, account="ANY")
+    )
     check_override(LimitOverride("t", throttle_factor="0.5", strategy="ANY"))
 
 
@@ -1258,7 +1276,9 @@ def test_failed_override_leaves_the_interner_untouched():
     before = list(interner.account_names)
     with pytest.raises(UndeclaredNameError):
         with_overrides(
-            LimitOverride("o", {"credit_limit": 1}, account="NEW1"), text=BASE + "[accounts.NEW2]\n", interner=interner
+            LimitOverride("o", {"credit_limit": 1}, account="NEW1"),
+            text=BASE + "[accounts.NEW2]\n",
+            interner=interner,
         )
     assert interner.account_names == before
 

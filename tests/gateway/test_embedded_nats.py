@@ -1,9 +1,18 @@
-"""EmbeddedNats: start with JetStream, restart on the same port, stop, clear errors."""
+"""EmbeddedNats: start with JetStream, restart on the same port, stop, clear errors, and no
+server left behind when the process that started it is killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,6 +23,9 @@ from gateway.embedded_nats import (
     NatsServerStartError,
     find_nats_server_binary,
 )
+from tests.clients.gateway_harness import CHECKS_RULES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,3 +108,152 @@ def test_nats_server_fixture_restarts_on_the_same_url(nats_server):
     nats_server.kill()
     nats_server.start()
     assert nats_server.url == url
+
+
+# -- no orphans: a killed starter leaves no server behind -------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc")
+
+#: A process that starts an embedded server on a given data dir and port, prints the
+#: server's pid, then waits to be killed.
+STARTER_SCRIPT = """
+import asyncio, sys, time
+from gateway.embedded_nats import EmbeddedNats
+
+async def main():
+    server = EmbeddedNats(sys.argv[1], port=int(sys.argv[2]))
+    await server.start()  # from a worker thread, as GatewayApp does
+    print(server.pid, flush=True)
+    time.sleep(120)
+
+asyncio.run(main())
+"""
+STARTER_TIMEOUT_S = 20.0
+ORPHAN_EXIT_TIMEOUT_S = 10.0
+
+
+def process_is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped (its parent died with it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_until_gone(pid: int, timeout_s: float = ORPHAN_EXIT_TIMEOUT_S) -> None:
+    """Until ``pid`` exited; else kill it (no orphan outlives a failed test) and fail."""
+    deadline = time.monotonic() + timeout_s
+    while not process_is_gone(pid):
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"nats-server {pid} still ran {timeout_s} s after its starter died")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_and_kill_a_starter(data_dir: Path, port: int) -> int:
+    """Run STARTER_SCRIPT until its server is up, SIGKILL it; return the server's pid."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER_SCRIPT, str(data_dir), str(port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([starter.stdout], [], [], STARTER_TIMEOUT_S)
+        assert ready, "the starter did not start its nats-server in time"
+        server_pid = int(starter.stdout.readline())
+        assert not process_is_gone(server_pid)
+    finally:
+        starter.kill()
+        starter.wait(STARTER_TIMEOUT_S)
+        starter.stdout.close()
+    return server_pid
+
+
+@linux_only
+def test_a_server_dies_with_its_killed_starter_and_the_next_start_reuses_port_and_store(tmp_path):
+    port = free_port()
+    server_pid = start_and_kill_a_starter(tmp_path, port)
+    wait_until_gone(server_pid)
+    assert "Server Exiting" in (tmp_path / "nats" / "nats-server.log").read_text()  # SIGTERM: clean stop
+    with EmbeddedNats(tmp_path, port=port) as again:
+        assert again.port == port and again.running
+
+
+@linux_only
+def test_pretrade_up_killed_with_sigkill_leaves_no_nats_server_and_starts_again(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(CHECKS_RULES)
+    data_dir = tmp_path / "data"
+    argv = [sys.executable, "-m", "gateway.cli", "up", "--rules", str(rules), "--data-dir", str(data_dir),
+            "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--json", "--log-level", "WARNING"]
+    for attempt in ("first", "second"):
+        up = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            ready, _, _ = select.select([up.stdout], [], [], STARTER_TIMEOUT_S)
+            assert ready, f"{attempt} pretrade up did not start in time"
+            announced = json.loads(up.stdout.readline())
+            assert announced["nats_url"].startswith("nats://127.0.0.1:"), announced
+            server_pid = json.loads((data_dir / "nats" / "nats-server.pid.json").read_text())["pid"]
+        finally:
+            up.kill()
+            up.wait(STARTER_TIMEOUT_S)
+            up.stdout.close()
+        wait_until_gone(server_pid)
+
+
+@linux_only
+def test_an_orphaned_server_on_the_store_is_stopped_by_the_next_start(tmp_path):
+    """The second layer: a server left running without a parent-death signal (another
+    platform, an older version) is found by the pid file and stopped."""
+    port = free_port()
+    store_dir = tmp_path / "nats"
+    store_dir.mkdir()
+    orphan = subprocess.Popen(
+        [str(find_nats_server_binary()), "--addr", "127.0.0.1", "--port", str(port), "--jetstream",
+         "--store_dir", str(store_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        gone_starter = subprocess.Popen(["true"])
+        gone_starter.wait()
+        (store_dir / "nats-server.pid.json").write_text(
+            json.dumps({"pid": orphan.pid, "parent_pid": gone_starter.pid})
+        )
+        wait_for_port(port)
+        with EmbeddedNats(tmp_path, port=port) as server:
+            assert server.running and server.pid != orphan.pid
+            assert orphan.wait(ORPHAN_EXIT_TIMEOUT_S) == 0  # SIGTERM: a clean stop
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert not (store_dir / "nats-server.pid.json").exists()
+
+
+@linux_only
+def test_a_store_in_use_by_a_live_process_is_refused_not_taken_over(tmp_path):
+    with EmbeddedNats(tmp_path) as first:
+        second = EmbeddedNats(tmp_path, startup_timeout_s=5)
+        with pytest.raises(NatsServerStartError, match=f"in use by nats-server pid {first.pid}"):
+            second.start_blocking()
+        assert first.running and not second.running
+
+
+def wait_for_port(port: int, timeout_s: float = STARTER_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.02)

@@ -141,7 +141,9 @@ class TcpProxy:
             return
         self._writers.update((client_writer, server_writer))
         await asyncio.gather(
-            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer), return_exceptions=True
+            self._pipe(client_reader, server_writer),
+            self._pipe(server_reader, client_writer),
+            return_exceptions=True,
         )
 
     async def _pipe(self, reader, writer) -> None:

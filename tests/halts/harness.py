@@ -4,15 +4,18 @@ Engine, decision outbox and publisher, order gate and GatewayService, HaltServic
 manager, and a HaltFollower whose hooks reload the rules with overrides and broadcast
 CANCEL_ALL to the open order streams; one ``grpc.aio`` server on 127.0.0.1:0 whose auth
 interceptor admits ``HALT_METHOD_ROLES``. Used by the end-to-end tests and by
-``bench/bench_halts.py``; :class:`ThreadedGateway` runs it on its own event-loop thread so
-that synchronous clients measure it like a separate process.
+``bench/bench_halts.py``: ``python -m tests.halts.harness NATS_URL DATA_DIR`` runs it as
+a process of its own on uvloop, as ``pretrade up`` does (what the benchmark measures: in one
+process the client and the gateway would take turns on the GIL in 5 ms slices), printing
+``{"target": ..., "tokens": {...}}`` on one line once it serves and stopping when its stdin
+closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
+import json
+import sys
 from pathlib import Path
 
 import grpc
@@ -20,7 +23,14 @@ import nats
 
 from fastpath.engine import Engine
 from fastpath.rules import load_rules
-from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, Principal, TokenStore, generate_token, token_sha256
+from gateway.auth import (
+    DEFAULT_METHOD_ROLES,
+    AuthInterceptor,
+    Principal,
+    TokenStore,
+    generate_token,
+    token_sha256,
+)
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionPublisher
 from gateway.servicer import GatewayServicer, OrderGate
@@ -94,7 +104,10 @@ class InProcessGateway:
         )
 
         store = TokenStore(
-            {token_sha256(self.tokens[name]): Principal(name, frozenset(roles)) for name, roles in PRINCIPALS.items()}
+            {
+                token_sha256(self.tokens[name]): Principal(name, frozenset(roles))
+                for name, roles in PRINCIPALS.items()
+            }
         )
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(store, {**DEFAULT_METHOD_ROLES, **HALT_METHOD_ROLES})]
@@ -109,7 +122,11 @@ class InProcessGateway:
 
     async def _connect(self, name: str):
         nc = await nats.connect(
-            self.nats_url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.05
+            self.nats_url,
+            name=name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.05,
         )
         self._connections.append(nc)
         return nc
@@ -129,30 +146,17 @@ class InProcessGateway:
             self._outbox.close()
 
 
-class ThreadedGateway:
-    """An :class:`InProcessGateway` on its own event loop in a daemon thread."""
+async def _serve_until_stdin_closes(nats_url: str, data_dir: Path) -> None:
+    gateway = InProcessGateway(data_dir, nats_url)
+    await gateway.start()
+    try:
+        print(json.dumps({"target": gateway.target, "tokens": gateway.tokens}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        await gateway.stop()
 
-    def __init__(self, data_dir: Path, nats_url: str, **options) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-loop", daemon=True)
-        self.gateway = InProcessGateway(data_dir, nats_url, **options)
 
-    def run(self, coroutine, timeout_s: float = 30.0):
-        """Run ``coroutine`` on the gateway's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+if __name__ == "__main__":
+    import uvloop
 
-    def __enter__(self) -> InProcessGateway:
-        self._thread.start()
-        try:
-            self.run(self.gateway.start())
-        except (Exception, concurrent.futures.TimeoutError):
-            self.__exit__()
-            raise
-        return self.gateway
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            self.run(self.gateway.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+    uvloop.run(_serve_until_stdin_closes(sys.argv[1], Path(sys.argv[2])))

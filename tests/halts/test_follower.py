@@ -63,7 +63,15 @@ class Gateway:
         self.engine.set_reference_price(symbol, 100 * PRICE_SCALE, self.now)
         price_nanos = int(float(price) * PRICE_SCALE)
         return self.engine.check(
-            account, symbol, strategy, side, OrderType.LIMIT, qty * QTY_SCALE, price_nanos, f"c{self._next_id}", self.now
+            account,
+            symbol,
+            strategy,
+            side,
+            OrderType.LIMIT,
+            qty * QTY_SCALE,
+            price_nanos,
+            f"c{self._next_id}",
+            self.now,
         )
 
     def failed(self, result) -> set[Check]:
@@ -123,7 +131,9 @@ async def test_each_scope_and_state_blocks_exactly_its_orders(gateway, follower,
 
     if scope != Scope.FIRM:
         await manager.request_resume(BOB, scope, name, "done")
-        await eventually(lambda: gateway.engine.trading_state(scope, name) == TradingState.ACTIVE, what="resume")
+        await eventually(
+            lambda: gateway.engine.trading_state(scope, name) == TradingState.ACTIVE, what="resume"
+        )
         assert gateway.order(side=Side.BUY, qty=6, price="99").accepted
 
 
@@ -155,17 +165,24 @@ async def test_halt_of_a_name_the_rules_do_not_declare_holds_once_declared(gatew
 
 
 async def test_kill_switch_calls_on_cancel_all_once(gateway, follower, manager):
-    halt, _ = await manager.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "runaway", cancel_all=True)
+    halt, _ = await manager.request_halt(
+        ALICE, Scope.FIRM, "", TradingState.HALTED, "runaway", cancel_all=True
+    )
     await eventually(lambda: gateway.cancel_alls, what="cancel-all")
     assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED
     assert gateway.cancel_alls == [
         gateway_pb2.ControlMessage(
-            action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL, reason="runaway", requested_by="alice", issued_ns=halt.set_ns
+            action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL,
+            reason="runaway",
+            requested_by="alice",
+            issued_ns=halt.set_ns,
         )
     ]
     # A plain halt afterwards, or a reload, does not repeat it.
     await manager.request_halt(BOB, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "also")
-    await eventually(lambda: gateway.engine.trading_state(Scope.ACCOUNT, "ACC1") == TradingState.HALTED, what="halt")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.ACCOUNT, "ACC1") == TradingState.HALTED, what="halt"
+    )
     await follower._try_reload()
     await asyncio.sleep(0.05)
     assert len(gateway.cancel_alls) == 1
@@ -190,7 +207,9 @@ async def test_firm_resume_reaches_the_engine_only_when_approved(gateway, follow
     await asyncio.sleep(0.05)
     assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED
     await manager.approve(BOB, request.request_id)
-    await eventually(lambda: gateway.engine.trading_state(Scope.FIRM, "") == TradingState.ACTIVE, what="resume")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.FIRM, "") == TradingState.ACTIVE, what="resume"
+    )
 
 
 # -- overrides -------------------------------------------------------------------------------------
@@ -242,8 +261,11 @@ async def test_override_timer_fires_on_the_real_clock(gateway, follower, manager
 
 
 async def test_override_this_gateway_cannot_apply_is_left_out(gateway, follower, manager):
-    first = await manager.request_override(ALICE, account="ACC1", limits={"credit_limit": "1"}, duration_s=600, reason="a")
-    second = await manager.request_override(ALICE, account="NOT_HERE", limits={"credit_limit": "1"}, duration_s=600, reason="b")
+    limits = {"credit_limit": "1"}
+    first = await manager.request_override(ALICE, account="ACC1", limits=limits, duration_s=600, reason="a")
+    second = await manager.request_override(
+        ALICE, account="NOT_HERE", limits=limits, duration_s=600, reason="b"
+    )
     await manager.approve(BOB, first.request_id)
     await manager.approve(BOB, second.request_id)
     await eventually(
@@ -255,16 +277,22 @@ async def test_override_this_gateway_cannot_apply_is_left_out(gateway, follower,
 # -- durability and failing closed ----------------------------------------------------------------
 
 
-async def test_state_survives_a_nats_restart_and_the_follower_resyncs(gateway, nats_server, follower, manager, nc):
+async def test_state_survives_a_nats_restart_and_the_follower_resyncs(
+    gateway, nats_server, follower, manager, nc
+):
     await manager.request_halt(ALICE, Scope.SYMBOL, "AAPL", TradingState.HALTED, "before restart")
-    await eventually(lambda: gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED, what="halt")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED, what="halt"
+    )
 
     reconnects = nc.stats["reconnects"]
     nats_server.restart()
     await eventually(lambda: nc.stats["reconnects"] > reconnects and nc.is_connected, what="reconnect")
     # Changes made after the restart still arrive (the follower re-watched the bucket).
     await manager.request_halt(ALICE, Scope.ACCOUNT, "ACC2", TradingState.REDUCING, "after restart")
-    await eventually(lambda: gateway.engine.trading_state(Scope.ACCOUNT, "ACC2") == TradingState.REDUCING, what="halt")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.ACCOUNT, "ACC2") == TradingState.REDUCING, what="halt"
+    )
     assert gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED
 
     # A new gateway (fresh engine) after the restart loads the surviving state.
@@ -290,7 +318,9 @@ async def test_lost_nats_fails_closed_and_recovers(gateway, nats_server, nc, man
         await eventually(lambda: follower.ready, timeout_s=10, what="recovery")
         await eventually(lambda: gateway.ready_changes[-1] is True, what="ready again")
         await manager.request_halt(ALICE, Scope.SYMBOL, "MSFT", TradingState.HALTED, "after the outage")
-        await eventually(lambda: gateway.engine.trading_state(Scope.SYMBOL, "MSFT") == TradingState.HALTED, what="halt")
+        await eventually(
+            lambda: gateway.engine.trading_state(Scope.SYMBOL, "MSFT") == TradingState.HALTED, what="halt"
+        )
     finally:
         await follower.stop()
 
@@ -352,9 +382,13 @@ async def test_corrupt_state_fails_closed(gateway, nc, manager):
 
 async def test_removed_state_key_means_active(gateway, follower, manager, nc):
     await manager.request_halt(ALICE, Scope.SYMBOL, "GME", TradingState.HALTED, "x")
-    await eventually(lambda: gateway.engine.trading_state(Scope.SYMBOL, "GME") == TradingState.HALTED, what="halt")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.SYMBOL, "GME") == TradingState.HALTED, what="halt"
+    )
     kv = await nc.jetstream().key_value(HALTS_BUCKET)
     await kv.delete(state_key(Scope.SYMBOL, "GME"))
-    await eventually(lambda: gateway.engine.trading_state(Scope.SYMBOL, "GME") == TradingState.ACTIVE, what="active")
+    await eventually(
+        lambda: gateway.engine.trading_state(Scope.SYMBOL, "GME") == TradingState.ACTIVE, what="active"
+    )
     with pytest.raises(nats.js.errors.KeyNotFoundError):
         await kv.get(state_key(Scope.SYMBOL, "GME"))

@@ -61,7 +61,9 @@ async def firm_halted(manager: HaltManager, operator=ALICE) -> halts_pb2.HaltSta
 
 
 async def test_halt_is_written_to_the_bucket_with_who_why_when(manager, store, clock, events):
-    halt, previous = await manager.request_halt(ALICE, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "fat finger")
+    halt, previous = await manager.request_halt(
+        ALICE, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "fat finger"
+    )
     assert previous == TradingState.ACTIVE
     stored = await store.state(Scope.ACCOUNT, "ACC1")
     assert stored.record == halt
@@ -78,7 +80,8 @@ async def test_halt_is_written_to_the_bucket_with_who_why_when(manager, store, c
     subject, event = events.events[0]
     assert subject == "pretrade.v1.halts.state"
     assert event.type == halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED
-    assert (event.actor, event.reason, event.at_ns, event.request_id) == ("alice", "fat finger", clock(), halt.request_id)
+    assert (event.actor, event.reason, event.at_ns) == ("alice", "fat finger", clock())
+    assert event.request_id == halt.request_id
     assert (event.scope, event.name, event.state, event.previous_state) == (
         trading_pb2.SCOPE_ACCOUNT,
         "ACC1",
@@ -134,7 +137,8 @@ async def test_concurrent_halts_never_overwrite_each_other(manager, nc):
     assert all(isinstance(o, ConcurrentUpdateError) for o in outcomes if isinstance(o, BaseException))
     assert len(landed) >= 5
     kv = await nc.jetstream().key_value(HALTS_BUCKET)
-    history = [halts_pb2.HaltState.FromString(entry.value) for entry in await kv.history(state_key(Scope.SYMBOL, "AAPL"))]
+    entries = await kv.history(state_key(Scope.SYMBOL, "AAPL"))
+    history = [halts_pb2.HaltState.FromString(entry.value) for entry in entries]
     assert sorted(h.request_id for h in history) == sorted(h.request_id for h in landed)
 
 
@@ -159,15 +163,29 @@ async def test_a_stale_revision_loses_the_compare_and_swap(manager, store):
         (lambda m: m.request_halt(ALICE, Scope.FIRM, "", None, "r"), "state"),
         (lambda m: m.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "  "), "reason"),
         (lambda m: m.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "a\nb"), "reason"),
-        (lambda m: m.request_halt(ALICE, Scope.ACCOUNT, "A", TradingState.HALTED, "r", cancel_all=True), "cancel_all"),
-        (lambda m: m.request_halt(ALICE, Scope.FIRM, "", TradingState.REDUCING, "r", cancel_all=True), "cancel_all"),
         (
-            lambda m: m.request_halt(ALICE, Scope.FIRM, "", TradingState.REDUCING, "r", resume_to=TradingState.REDUCING),
+            lambda m: m.request_halt(ALICE, Scope.ACCOUNT, "A", TradingState.HALTED, "r", cancel_all=True),
+            "cancel_all",
+        ),
+        (
+            lambda m: m.request_halt(ALICE, Scope.FIRM, "", TradingState.REDUCING, "r", cancel_all=True),
+            "cancel_all",
+        ),
+        (
+            lambda m: m.request_halt(
+                ALICE, Scope.FIRM, "", TradingState.REDUCING, "r", resume_to=TradingState.REDUCING
+            ),
             "resume_to",
         ),
         (lambda m: m.request_resume(ALICE, Scope.FIRM, "", "r", state=TradingState.HALTED), "state"),
         (lambda m: m.approve(ALICE, ""), "request_id"),
-        (lambda m: m.request_override(ALICE, account="ACC1", limits={"credit_limit": "1"}, duration_s=0, reason="r"), "duration_s"),
+        (lambda m: m.approve(ALICE, "req.*"), "request_id"),
+        (
+            lambda m: m.request_override(
+                ALICE, account="ACC1", limits={"credit_limit": "1"}, duration_s=0, reason="r"
+            ),
+            "duration_s",
+        ),
     ],
 )
 async def test_malformed_requests_name_the_field(manager, call, field):
@@ -185,7 +203,9 @@ async def test_malformed_requests_name_the_field(manager, call, field):
         lambda m: m.request_halt(TRADER, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "r"),
         lambda m: m.request_resume(TRADER, Scope.ACCOUNT, "ACC1", "r"),
         lambda m: m.approve(TRADER, "req-1"),
-        lambda m: m.request_override(TRADER, account="ACC1", throttle_factor="0.5", duration_s=60, reason="r"),
+        lambda m: m.request_override(
+            TRADER, account="ACC1", throttle_factor="0.5", duration_s=60, reason="r"
+        ),
     ],
 )
 async def test_traders_cannot_halt_resume_approve_or_override(manager, call):
@@ -199,7 +219,9 @@ async def test_admins_act_like_operators(manager):
 
 
 async def test_watchdogs_may_ask_for_graduated_responses_only(manager):
-    halt, _ = await manager.request_halt(WATCHDOG, Scope.STRATEGY, "MOMO", TradingState.REDUCING, "loss limit")
+    halt, _ = await manager.request_halt(
+        WATCHDOG, Scope.STRATEGY, "MOMO", TradingState.REDUCING, "loss limit"
+    )
     assert halt.set_by == "watchdog:pnl"
     halt, _ = await manager.request_halt(WATCHDOG, Scope.FIRM, "", TradingState.HALTED, "firm loss limit")
     throttle = await manager.request_override(
@@ -210,7 +232,9 @@ async def test_watchdogs_may_ask_for_graduated_responses_only(manager):
         manager.request_halt(WATCHDOG, Scope.FIRM, "", TradingState.HALTED, "kill", cancel_all=True),
         manager.request_resume(WATCHDOG, Scope.STRATEGY, "MOMO", "recovered"),
         manager.approve(WATCHDOG, "req-1"),
-        manager.request_override(WATCHDOG, account="ACC1", limits={"credit_limit": "1"}, duration_s=60, reason="r"),
+        manager.request_override(
+            WATCHDOG, account="ACC1", limits={"credit_limit": "1"}, duration_s=60, reason="r"
+        ),
     ]
     for call in refused:
         with pytest.raises(WatchdogNotPermittedError, match="watchdog"):
@@ -274,7 +298,9 @@ async def test_expired_request_is_refused(manager, store, clock, events):
     assert (await store.state(Scope.FIRM, "")).record.state == trading_pb2.TRADING_STATE_HALTED
     with pytest.raises(RequestNotPendingError, match="EXPIRED"):
         await manager.approve(BOB, request.request_id)
-    await eventually(lambda: events.of_type(halts_pb2.HALT_EVENT_TYPE_REQUEST_EXPIRED), what="the expiry event")
+    await eventually(
+        lambda: events.of_type(halts_pb2.HALT_EVENT_TYPE_REQUEST_EXPIRED), what="the expiry event"
+    )
 
 
 async def test_sweep_expires_pending_requests_once(manager, store, clock, events):
@@ -307,7 +333,8 @@ async def test_requester_may_withdraw_and_anyone_may_reject(manager, store):
     await firm_halted(manager)
     first = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     withdrawn = await manager.approve(ALICE, first.request_id, reject=True, reason="too early")
-    assert (withdrawn.request.status, withdrawn.request.decided_by) == (halts_pb2.APPROVAL_STATUS_REJECTED, "alice")
+    assert withdrawn.request.status == halts_pb2.APPROVAL_STATUS_REJECTED
+    assert withdrawn.request.decided_by == "alice"
     second = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     rejected = await manager.approve(BOB, second.request_id, reject=True, reason="not yet")
     assert rejected.request.decision_reason == "not yet"
@@ -334,7 +361,10 @@ async def test_kill_switch_halts_the_firm_and_publishes_cancel_all(manager, cloc
     assert subject == "pretrade.v1.halts.kill"
     assert event.type == halts_pb2.HALT_EVENT_TYPE_KILL
     assert event.control == gateway_pb2.ControlMessage(
-        action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL, reason="runaway algo", requested_by="alice", issued_ns=clock()
+        action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL,
+        reason="runaway algo",
+        requested_by="alice",
+        issued_ns=clock(),
     )
 
 
@@ -352,7 +382,8 @@ async def test_limit_override_needs_approval_and_expires(manager, store, clock, 
     approval = await manager.approve(BOB, request.request_id)
     override = approval.override
     assert (override.account, dict(override.limits)) == ("ACC1", {"credit_limit": "500000"})
-    assert (override.requested_by, override.approved_by, override.request_id) == ("alice", "bob", request.request_id)
+    assert (override.requested_by, override.approved_by) == ("alice", "bob")
+    assert override.request_id == request.request_id
     assert (override.starts_ns, override.expires_ns) == (clock(), clock() + 600 * 1_000_000_000)
     assert list((await manager.snapshot()).overrides) == [override]
 
@@ -381,7 +412,11 @@ async def test_throttle_is_in_force_at_once(manager, clock):
     [
         (dict(account="ACC1", limits={"credit_limit": "-5"}), "limits.credit_limit", "negative"),
         (dict(account="ACC1", limits={"credit_limt": "5"}), "limits.credit_limt", "unknown key"),
-        (dict(account="ACC1", limits={"order_rate_limit": "{ orders = 0, window_ms = 1 }"}), "limits.order_rate_limit.orders", "greater than 0"),
+        (
+            dict(account="ACC1", limits={"order_rate_limit": "{ orders = 0, window_ms = 1 }"}),
+            "limits.order_rate_limit.orders",
+            "greater than 0",
+        ),
         (dict(account="ACC1", throttle_factor="2"), "throttle_factor", "at most 1"),
         (dict(strategy="MM", limits={"credit_limit": "5"}), "limits.credit_limit", "unknown key"),
         (dict(account="ACC1", strategy="MM", throttle_factor="0.5"), "strategy", "not both"),
@@ -401,9 +436,14 @@ async def test_pretrade_up_can_validate_overrides_against_its_rules(store, clock
 
     from .conftest import EXAMPLE_RULES
 
-    manager = HaltManager(store, clock=clock, validate_override=lambda o: load_rules(EXAMPLE_RULES, overrides=[o]))
+    def compile_against_the_rules(override) -> None:
+        load_rules(EXAMPLE_RULES, overrides=[override])
+
+    manager = HaltManager(store, clock=clock, validate_override=compile_against_the_rules)
     with pytest.raises(InvalidHaltRequestError) as caught:
-        await manager.request_override(ALICE, account="NOPE", limits={"credit_limit": "5"}, duration_s=60, reason="r")
+        await manager.request_override(
+            ALICE, account="NOPE", limits={"credit_limit": "5"}, duration_s=60, reason="r"
+        )
     assert caught.value.violations[0].field == "account"
     assert "not declared" in caught.value.violations[0].description
 
@@ -415,7 +455,10 @@ async def test_list_shows_what_is_in_force(manager):
     await firm_halted(manager)
     pending = await manager.request_resume(ALICE, Scope.FIRM, "", "d")
     listed = await manager.snapshot()
-    assert [(h.scope, h.name) for h in listed.halts] == [(trading_pb2.SCOPE_FIRM, ""), (trading_pb2.SCOPE_ACCOUNT, "ACC1")]
+    assert [(h.scope, h.name) for h in listed.halts] == [
+        (trading_pb2.SCOPE_FIRM, ""),
+        (trading_pb2.SCOPE_ACCOUNT, "ACC1"),
+    ]
     assert [r.request_id for r in listed.requests] == [pending.request_id]
     everything = await manager.snapshot(include_inactive=True)
     assert len(everything.halts) == 3

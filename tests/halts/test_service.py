@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import io
 import json
+import shlex
 import time
 
 import grpc
@@ -49,8 +50,9 @@ class Caller:
         self.halts = halts_pb2_grpc.HaltServiceStub(channel)
         self.orders = gateway_pb2_grpc.GatewayServiceStub(channel)
 
-    async def halt(self, scope=trading_pb2.SCOPE_SYMBOL, name="AAPL", state=trading_pb2.TRADING_STATE_HALTED, **kw):
-        request = halts_pb2.RequestHaltRequest(scope=scope, name=name, state=state, reason=kw.pop("reason", "test"), **kw)
+    async def halt(self, scope=trading_pb2.SCOPE_SYMBOL, name="AAPL", reason="test", **fields):
+        fields.setdefault("state", trading_pb2.TRADING_STATE_HALTED)
+        request = halts_pb2.RequestHaltRequest(scope=scope, name=name, reason=reason, **fields)
         return await self.halts.RequestHalt(request, metadata=self.metadata)
 
     async def resume(self, scope=trading_pb2.SCOPE_FIRM, name="", reason="back"):
@@ -58,17 +60,16 @@ class Caller:
         return await self.halts.RequestResume(request, metadata=self.metadata)
 
     async def approve(self, request_id: str, **kw):
-        return await self.halts.Approve(halts_pb2.ApproveRequest(request_id=request_id, **kw), metadata=self.metadata)
+        request = halts_pb2.ApproveRequest(request_id=request_id, **kw)
+        return await self.halts.Approve(request, metadata=self.metadata)
 
     async def check(self, symbol="AAPL", client_order_id="c1", account="ACC2"):
+        price = types_pb2.ReferencePrice(symbol=symbol, price_nanos=PRICE, timestamp_ns=time.time_ns())
         await self.orders.UpdateReferencePrices(
-            gateway_pb2.UpdateReferencePricesRequest(
-                prices=[types_pb2.ReferencePrice(symbol=symbol, price_nanos=PRICE, timestamp_ns=time.time_ns())]
-            ),
-            metadata=self.metadata,
+            gateway_pb2.UpdateReferencePricesRequest(prices=[price]), metadata=self.metadata
         )
-        order = order_message(symbol, client_order_id, account)
-        return (await self.orders.CheckOrder(gateway_pb2.CheckOrderRequest(order=order), metadata=self.metadata)).decision
+        request = gateway_pb2.CheckOrderRequest(order=order_message(symbol, client_order_id, account))
+        return (await self.orders.CheckOrder(request, metadata=self.metadata)).decision
 
 
 def order_message(symbol: str, client_order_id: str, account: str = "ACC2") -> types_pb2.Order:
@@ -144,7 +145,9 @@ async def test_watchdog_token_with_operator_role(gateway, channel):
     error = await status_of(watchdog.resume(scope=trading_pb2.SCOPE_SYMBOL, name="AAPL"))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "watchdog" in error.details()
     throttle = await watchdog.halts.RequestOverride(
-        halts_pb2.RequestOverrideRequest(account="ACC2", throttle_factor="0.5", duration_s=60, reason="storm"),
+        halts_pb2.RequestOverrideRequest(
+            account="ACC2", throttle_factor="0.5", duration_s=60, reason="storm"
+        ),
         metadata=watchdog.metadata,
     )
     assert throttle.override.kind == halts_pb2.OVERRIDE_KIND_THROTTLE
@@ -226,75 +229,77 @@ async def test_kill_switch_reaches_an_open_stream_as_cancel_all(gateway, channel
 # -- the CLI --------------------------------------------------------------------------------------
 
 
-def run_cli(gateway: InProcessGateway, who: str, *argv: str) -> tuple[int, str]:
-    """Parse and run one halt command as ``who``; returns (exit code, stdout)."""
+def run_cli(gateway: InProcessGateway, who: str, command_line: str) -> tuple[int, str]:
+    """Parse and run one halt command line as ``who``; returns (exit code, stdout)."""
     parser = argparse.ArgumentParser(prog="pretrade")
     cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([*argv, "--target", gateway.target, "--token", gateway.tokens[who]])
+    argv = [*shlex.split(command_line), "--target", gateway.target, "--token", gateway.tokens[who]]
+    args = parser.parse_args(argv)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         code = args.handler(args)
     return code, output.getvalue()
 
 
-async def cli_call(gateway, who, *argv):
-    return await asyncio.to_thread(run_cli, gateway, who, *argv)
+async def cli_call(gateway, who: str, command_line: str) -> tuple[int, str]:
+    """:func:`run_cli` off the event loop, which serves the gateway meanwhile."""
+    return await asyncio.to_thread(run_cli, gateway, who, command_line)
 
 
 async def test_cli_halt_resume_approve_and_list(gateway):
-    code, out = await cli_call(gateway, "alice", "halt", "--scope", "account", "--id", "ACC1", "--reason", "fat finger", "--reduce-only")
+    halt = "halt --scope account --id ACC1 --reason 'fat finger' --reduce-only"
+    code, out = await cli_call(gateway, "alice", halt)
     assert code == 0 and out.startswith("REDUCING ACCOUNT ACC1") and "by alice: fat finger" in out
-    code, out = await cli_call(gateway, "alice", "halt", "--scope", "firm", "--reason", "outage")
+    code, out = await cli_call(gateway, "alice", "halt --scope firm --reason outage")
     assert "resume -> ACTIVE, needs a second operator" in out
-    code, out = await cli_call(gateway, "alice", "resume", "--scope", "firm", "--reason", "venue back")
+    code, out = await cli_call(gateway, "alice", "resume --scope firm --reason 'venue back'")
     assert out.startswith("PENDING")
     request_id = out.split()[1].rstrip(":")
     assert f"pretrade approve {request_id}" in out
 
     with pytest.raises(CommandError, match="PERMISSION_DENIED: alice made request"):
-        await cli_call(gateway, "alice", "approve", request_id)
-    code, out = await cli_call(gateway, "bob", "approve", request_id)
+        await cli_call(gateway, "alice", f"approve {request_id}")
+    code, out = await cli_call(gateway, "bob", f"approve {request_id}")
     assert out.startswith("APPROVED") and "ACTIVE   FIRM" in out and "approved by bob" in out
 
     code, out = await cli_call(gateway, "trader", "halts")
     assert out.splitlines()[0].startswith("REDUCING ACCOUNT ACC1")
-    code, out = await cli_call(gateway, "trader", "halts", "--json")
+    code, out = await cli_call(gateway, "trader", "halts --json")
     listed = json.loads(out)
     assert listed["halts"][0]["name"] == "ACC1" and listed["halts"][0]["state"] == "TRADING_STATE_REDUCING"
 
 
 async def test_cli_errors_are_one_line(gateway):
     with pytest.raises(CommandError) as caught:
-        await cli_call(gateway, "trader", "halt", "--scope", "symbol", "--id", "AAPL", "--reason", "r")
+        await cli_call(gateway, "trader", "halt --scope symbol --id AAPL --reason r")
     assert "PERMISSION_DENIED" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(CommandError, match="INVALID_ARGUMENT: invalid request: name"):
-        await cli_call(gateway, "alice", "halt", "--scope", "symbol", "--reason", "no id")
+        await cli_call(gateway, "alice", "halt --scope symbol --reason 'no id'")
     with pytest.raises(CommandError, match="FAILED_PRECONDITION"):
-        await cli_call(gateway, "alice", "resume", "--scope", "symbol", "--id", "AAPL", "--reason", "not halted")
+        await cli_call(gateway, "alice", "resume --scope symbol --id AAPL --reason 'not halted'")
 
 
 async def test_cli_kill_asks_to_type_halt(gateway, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda: "halt please")
     with pytest.raises(CommandError, match="not confirmed"):
-        await cli_call(gateway, "alice", "kill", "--reason", "runaway")
+        await cli_call(gateway, "alice", "kill --reason runaway")
     assert gateway.follower.trading_states() == {}
     monkeypatch.setattr("builtins.input", lambda: "HALT")
-    code, out = await cli_call(gateway, "alice", "kill", "--reason", "runaway")
+    code, out = await cli_call(gateway, "alice", "kill --reason runaway")
     assert "KILL SWITCH: HALTED   FIRM" in out and "kill switch" in out
-    code, out = await cli_call(gateway, "bob", "kill", "--reason", "again", "--yes")
+    code, out = await cli_call(gateway, "bob", "kill --reason again --yes")
     assert code == 0
 
 
 async def test_cli_override_needs_approval(gateway):
-    code, out = await cli_call(
-        gateway, "alice", "override", "--account", "ACC1", "--set", "credit_limit=500000", "--minutes", "10", "--reason", "deposit"
-    )
+    override = "override --account ACC1 --set credit_limit=500000 --minutes 10 --reason deposit"
+    code, out = await cli_call(gateway, "alice", override)
     assert out.startswith("PENDING") and "credit_limit=500000" in out
     request_id = out.split()[1].rstrip(":")
-    code, out = await cli_call(gateway, "bob", "approve", request_id)
+    code, out = await cli_call(gateway, "bob", f"approve {request_id}")
     assert "OVERRIDE ovr-" in out
     await eventually(lambda: gateway.follower.limit_overrides, what="the override in force")
-    code, out = await cli_call(gateway, "admin", "override", "--strategy", "MM", "--throttle", "0.5", "--reason", "storm")
+    code, out = await cli_call(gateway, "admin", "override --strategy MM --throttle 0.5 --reason storm")
     assert out.startswith("THROTTLE thr-")
     with pytest.raises(CommandError, match="--set"):
-        await cli_call(gateway, "alice", "override", "--account", "ACC1", "--set", "nonsense", "--reason", "r")
+        await cli_call(gateway, "alice", "override --account ACC1 --set nonsense --reason r")

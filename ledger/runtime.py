@@ -1,0 +1,81 @@
+"""The running ledger: writer (with its lock), ingest worker and reader, in one object.
+
+What ``pretrade ledger run`` runs as its own process, and what ``pretrade up`` runs inside
+the gateway process::
+
+    ledger = LedgerRuntime(data_dir)             # opens (or creates) <data-dir>/ledger, takes its lock
+    add_ledger_service(grpc_server, ledger.reader)
+    await ledger.start(nats_url)                 # ingest in the background
+    ...
+    await ledger.stop()                          # stop ingesting, close the ledger
+
+In-process trade-off: ingest shares the interpreter, and so the GIL, with the order path;
+its commits run in a worker thread and release the GIL during LMDB's fsync, but decoding
+and hashing do not. At full order rate, run ``pretrade ledger run`` as a separate process
+(the LMDB file then has one writer there and any number of readers elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ledger.checkpoint import NoteSigner, NoteVerifier
+from ledger.ingest import DEFAULT_ORIGIN, LedgerIngestWorker, LedgerWriter
+from ledger.layout import configured_signer, configured_verifier, ledger_path
+from ledger.merkle import DEFAULT_HASH_NAME
+from ledger.reader import LedgerReader
+
+
+class LedgerRuntime:
+    """Writer, ingest worker and reader over ``<data_dir>/ledger``.
+
+    ``signer``/``verifier`` default to the data dir's key files (``ledger.layout``), so a
+    ledger signs its checkpoints as soon as ``pretrade ledger keygen`` has run.
+    ``writer_options`` go to :class:`LedgerWriter` (checkpoint policy, origin) and
+    ``worker_options`` to :class:`LedgerIngestWorker` (sources, batch sizes).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        origin: str = DEFAULT_ORIGIN,
+        hash_name: str = DEFAULT_HASH_NAME,
+        signer: NoteSigner | None = None,
+        verifier: NoteVerifier | None = None,
+        writer_options: dict[str, object] | None = None,
+        worker_options: dict[str, object] | None = None,
+    ) -> None:
+        signer = signer if signer is not None else configured_signer(data_dir)
+        if verifier is None:
+            verifier = signer.verifier() if signer is not None else configured_verifier(data_dir)
+        self.path = ledger_path(data_dir)
+        self.writer = LedgerWriter.open(
+            self.path, signer=signer, hash_name=hash_name, origin=origin, **(writer_options or {})
+        )
+        self.reader = LedgerReader(self.writer.store, verifier)
+        self.worker = LedgerIngestWorker(self.writer, **(worker_options or {}))
+        self.signed = signer is not None
+        self._closed = False
+
+    async def start(self, nats_url: str | Sequence[str]) -> None:
+        """Start ingesting (returns at once; connects and waits for streams in the background)."""
+        await self.worker.start(nats_url)
+
+    async def run(self, nats_url: str | Sequence[str]) -> None:
+        """Ingest until cancelled or a commit fails (then raise); closes the ledger at the end."""
+        try:
+            await self.worker.run(nats_url)
+        finally:
+            self.close()
+
+    async def stop(self) -> None:
+        """Stop ingesting and close the ledger. Idempotent."""
+        await self.worker.stop()
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.writer.close()
