@@ -439,7 +439,9 @@ def _popen_from_lifetime_thread(args: list[str], **popen_options) -> subprocess.
     global _spawner
     with _spawner_lock:
         if _spawner is None or not _spawner.is_alive():  # not alive: in a forked child
-            _spawner = threading.Thread(target=_serve_spawn_requests, name="embedded-nats-spawner", daemon=True)
+            _spawner = threading.Thread(
+                target=_serve_spawn_requests, name="embedded-nats-spawner", daemon=True
+            )
             _spawner.start()
     spawned: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
     _spawn_requests.put((args, popen_options, spawned))

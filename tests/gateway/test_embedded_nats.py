@@ -195,7 +195,8 @@ def test_pretrade_up_killed_with_sigkill_leaves_no_nats_server_and_starts_again(
     argv = [sys.executable, "-m", "gateway.cli", "up", "--rules", str(rules), "--data-dir", str(data_dir),
             "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--json", "--log-level", "WARNING"]
     for attempt in ("first", "second"):
-        up = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        up = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
         try:
             ready, _, _ = select.select([up.stdout], [], [], STARTER_TIMEOUT_S)
             assert ready, f"{attempt} pretrade up did not start in time"
