@@ -1,8 +1,8 @@
 """One gateway process: engine + decision outbox + publisher + market data + gRPC server.
 
 Start-up order (each step fails fast with a one-line error before anything listens):
-rules compile -> token file -> engine -> outbox (single-writer lock) -> [embedded
-nats-server] -> [halt manager, with ``host_halt_manager``] -> gRPC server (health
+rules compile -> token file -> engine -> outboxes (decisions, ledger events; single-writer
+locks) -> [embedded nats-server] -> [halt manager, with ``host_halt_manager``] -> gRPC server (health
 NOT_SERVING, every order rejected with HALT_STATE_UNAVAILABLE) -> metrics endpoint ->
 publisher, market data and the halt follower connect in the background -> health SERVING
 once the publisher has connected and the halt follower has applied the whole halt state.
@@ -27,6 +27,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import nats
 from grpc_health.v1 import health
@@ -39,10 +40,17 @@ from gateway.config import GatewayConfig
 from gateway.embedded_nats import EmbeddedNats
 from gateway.marketdata import ReferencePriceSubscriber
 from gateway.metrics import GatewayMetrics, MetricsHttpServer
-from gateway.outbox import DecisionOutbox
-from gateway.publisher import DecisionPublisher, PublisherMetricHooks
+from gateway.outbox import EVENTS_OUTBOX_SUBDIR, DecisionOutbox
+from gateway.publisher import EVENTS_TARGET, DecisionPublisher, PublisherMetricHooks
 from gateway.server import HostedService, create_server, set_health
-from gateway.servicer import AdminServicer, GatewayServicer, OrderGate, RulesReloader
+from gateway.servicer import (
+    AdminServicer,
+    GatewayEventLog,
+    GatewayServicer,
+    OrderGate,
+    RulesReloader,
+    load_rules_and_text,
+)
 from gateway.validation import RequestValidator
 from halts.follower import HaltFollower
 from halts.manager import HaltManager
@@ -54,6 +62,16 @@ log = logging.getLogger(__name__)
 #: Wait between reconnect attempts of the market-data and halt connections, seconds.
 MARKETDATA_RECONNECT_WAIT_S = 0.5
 HALTS_RECONNECT_WAIT_S = 0.25
+
+
+def _log_nats_error(purpose: str):
+    """A NATS error callback that logs one line (nats-py's default logs a traceback for
+    every failed reconnect, which buries the one line an operator needs)."""
+
+    async def log_error(error: Exception) -> None:
+        log.warning("NATS (%s connection): %s", purpose, error or type(error).__name__)
+
+    return log_error
 
 
 class GatewayApp:
@@ -74,6 +92,9 @@ class GatewayApp:
         self.health = health.aio.HealthServicer()
         self._outbox: DecisionOutbox | None = None
         self._publisher: DecisionPublisher | None = None
+        # Ledger events (executions applied, rules loaded): a second outbox and publisher.
+        self._event_outbox: DecisionOutbox | None = None
+        self._event_publisher: DecisionPublisher | None = None
         self._embedded_nats: EmbeddedNats | None = None
         self._server = None
         self._metrics_http: MetricsHttpServer | None = None
@@ -96,10 +117,12 @@ class GatewayApp:
         """Bring everything up; on failure, tear down what was started and re-raise."""
         config = self.config
         try:
-            rules = load_rules(config.rules_path)
+            rules, rules_text = load_rules_and_text(config.rules_path)
             tokens = TokenStore.load(config.tokens_path)
             self.engine = Engine(rules, **config.engine_options)
             self._outbox = DecisionOutbox(config.outbox_path)
+            self._event_outbox = DecisionOutbox(Path(config.data_dir) / EVENTS_OUTBOX_SUBDIR)
+            self._event_publisher = DecisionPublisher(self._event_outbox, config.gateway_id, target=EVENTS_TARGET)
             self._publisher = DecisionPublisher(
                 self._outbox,
                 config.gateway_id,
@@ -121,9 +144,11 @@ class GatewayApp:
                 metrics=self.metrics,
                 idempotency_capacity=config.idempotency_capacity,
                 execution_dedup_capacity=config.execution_dedup_capacity,
+                events=GatewayEventLog(self._event_outbox, self._event_publisher, config.gateway_id),
             )
+            self.gate.record_rules_loaded(rules, rules_text)
             validator = RequestValidator(config.validation)
-            self.reloader = RulesReloader(self.engine)
+            self.reloader = RulesReloader(self.engine, on_loaded=self.gate.record_rules_loaded)
             self.gateway_servicer = GatewayServicer(
                 self.gate, validator, max_open_streams=config.max_open_streams, metrics=self.metrics
             )
@@ -151,6 +176,7 @@ class GatewayApp:
                 self._metrics_http = MetricsHttpServer(self.metrics, config.metrics_listen)
                 self.metrics_port = self._metrics_http.port
             await self._publisher.start(self.nats_url)
+            await self._event_publisher.start(self.nats_url)
             self._background.append(
                 asyncio.create_task(self._subscribe_marketdata(), name="marketdata-connect")
             )
@@ -187,6 +213,7 @@ class GatewayApp:
         self._halt_manager_nc = await nats.connect(
             self.nats_url,
             name=f"pretrade-halt-manager-{self.config.gateway_id}",
+            error_cb=_log_nats_error("halt-manager"),
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=HALTS_RECONNECT_WAIT_S,
@@ -206,6 +233,7 @@ class GatewayApp:
         self._halt_nc = await nats.connect(
             self.nats_url,
             name=f"pretrade-halts-{self.config.gateway_id}",
+            error_cb=_log_nats_error("halts"),
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=HALTS_RECONNECT_WAIT_S,
@@ -239,6 +267,7 @@ class GatewayApp:
         self._marketdata_nc = await nats.connect(
             self.nats_url,
             name=f"pretrade-marketdata-{self.config.gateway_id}",
+            error_cb=_log_nats_error("marketdata"),
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=MARKETDATA_RECONNECT_WAIT_S,
@@ -273,12 +302,18 @@ class GatewayApp:
         )
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Start, call ``on_started``, serve until SIGINT/SIGTERM (or :meth:`request_stop`), stop."""
+        """Start, call ``on_started`` once the gateway is ready (so whatever it announces,
+        e.g. a first order to try, works), serve until SIGINT/SIGTERM (or
+        :meth:`request_stop`), stop."""
         await self.start()
         self.install_signal_handlers()
-        if on_started is not None:
+        ready = asyncio.create_task(self._ready.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait((ready, stopping), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._ready.is_set() and not self._stopping.is_set() and on_started is not None:
             on_started()
-        await self._stopping.wait()
+        await stopping
         await self.stop()
 
     async def stop(self) -> None:
@@ -309,6 +344,10 @@ class GatewayApp:
             await self._publisher.stop(config.publish_flush_timeout_s)
         if self._outbox is not None:
             self._outbox.close()
+        if self._event_publisher is not None:
+            await self._event_publisher.stop(config.publish_flush_timeout_s)
+        if self._event_outbox is not None:
+            self._event_outbox.close()
         if self._embedded_nats is not None:
             await self._embedded_nats.stop()
         if self._metrics_http is not None:
