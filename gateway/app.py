@@ -26,7 +26,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 from pathlib import Path
 
 import nats
@@ -62,6 +63,14 @@ log = logging.getLogger(__name__)
 #: Wait between reconnect attempts of the market-data and halt connections, seconds.
 MARKETDATA_RECONNECT_WAIT_S = 0.5
 HALTS_RECONNECT_WAIT_S = 0.25
+
+
+class Companion(Protocol):
+    """A component run beside the gateway in one process (``GatewayApp.run``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def _log_nats_error(purpose: str):
@@ -249,7 +258,7 @@ class GatewayApp:
         await self._on_halt_state_ready(True)
 
     async def _on_halt_state_ready(self, ready: bool) -> None:
-        if self._stopped:
+        if self._stopped or (ready == self.gate.halt_state_available and ready == self._ready.is_set()):
             return
         self.gate.halt_state_available = ready
         await set_health(self.health, serving=ready)
@@ -301,20 +310,36 @@ class GatewayApp:
             signal.SIGHUP, lambda: self._background.append(asyncio.create_task(self._reload_on_signal()))
         )
 
-    async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Start, call ``on_started`` once the gateway is ready (so whatever it announces,
-        e.g. a first order to try, works), serve until SIGINT/SIGTERM (or
-        :meth:`request_stop`), stop."""
+    async def run(
+        self,
+        on_started: Callable[[], None] | None = None,
+        companions: Sequence[Callable[[GatewayApp], Companion]] = (),
+    ) -> None:
+        """Start; once the gateway is ready, start the ``companions`` (each made from this
+        app: the parts of ``pretrade up`` that need its NATS URL and port, such as the
+        watchdog worker) and call ``on_started`` (so whatever it announces, e.g. a first
+        order to try, works); serve until SIGINT/SIGTERM (or :meth:`request_stop`); stop
+        the companions, in reverse order, then the gateway (and its embedded NATS)."""
         await self.start()
         self.install_signal_handlers()
         ready = asyncio.create_task(self._ready.wait())
         stopping = asyncio.create_task(self._stopping.wait())
         await asyncio.wait((ready, stopping), return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
-        if self._ready.is_set() and not self._stopping.is_set() and on_started is not None:
-            on_started()
-        await stopping
-        await self.stop()
+        started: list[Companion] = []
+        try:
+            if self._ready.is_set() and not self._stopping.is_set():
+                for make in companions:
+                    companion = make(self)
+                    await companion.start()
+                    started.append(companion)
+                if on_started is not None:
+                    on_started()
+            await stopping
+        finally:
+            for companion in reversed(started):
+                await companion.stop()
+            await self.stop()
 
     async def stop(self) -> None:
         """Graceful shutdown of whatever was started. Idempotent."""

@@ -45,6 +45,8 @@ DEMO_PRINCIPALS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("alice", (ROLE_OPERATOR,)),
     ("bob", (ROLE_OPERATOR,)),
     ("admin", (ROLE_ADMIN,)),
+    # the watchdog worker of `pretrade up` asks the halt manager for graduated responses
+    ("watchdog:default", (ROLE_OPERATOR,)),
 )
 
 _SHA256_HEX_LENGTH = 64

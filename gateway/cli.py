@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "up", parents=[common], help="run the whole system (embedded NATS + gateway + halt manager)"
     )
     _server_options(up)
+    up.add_argument(
+        "--watchdogs",
+        help="watchdog configuration (TOML, see examples/watchdogs.toml; default: every watchdog at its defaults)",
+    )
     up.set_defaults(handler=_cmd_up, host_halt_manager=True)
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway only")
@@ -159,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # imported here: halts.cli builds on this module (CommandError, shared options)
     import halts.cli
+    import watchdogs.cli
 
     halts.cli.register(commands, common)
+    watchdogs.cli.register(commands, common)
     return parser
 
 
@@ -259,7 +265,7 @@ def _announce(app, args, demo) -> None:
     if info["metrics"]:
         print(f"  metrics  {info['metrics']}")
     if demo is not None:
-        print(f"  tokens   {demo.plaintext_path} (trader, operators alice and bob, admin)")
+        print(f"  tokens   {demo.plaintext_path} (trader, operators alice and bob, admin, watchdog:default)")
         print("  WARNING: demo tokens are not for production: make real ones with `pretrade token new`")
         hint = _first_order_hint(app, target, demo.tokens["trader"])
         if hint is not None:
@@ -271,7 +277,24 @@ def _announce(app, args, demo) -> None:
     sys.stdout.flush()
 
 
-def _run_gateway(args, nats_url: str | None, tokens_path: str, demo) -> int:
+def _watchdog_worker(args, demo):
+    """The watchdog worker of ``pretrade up``, made once the gateway is ready. It asks the
+    halt manager for graduated responses as ``watchdog:default`` (a demo token) or with
+    the token in $PRETRADE_WATCHDOG_TOKEN; with neither it only raises alerts."""
+    from watchdogs.cli import WATCHDOG_TOKEN_ENV_VAR
+    from watchdogs.config import default_config, load_config
+    from watchdogs.worker import WatchdogWorker
+
+    config = load_config(args.watchdogs) if args.watchdogs else default_config()
+    token = demo.tokens["watchdog:default"] if demo is not None else os.environ.get(WATCHDOG_TOKEN_ENV_VAR)
+
+    def make(app):
+        return WatchdogWorker(config, app.nats_url, _client_target(args.listen, app.port), token)
+
+    return make
+
+
+def _run_gateway(args, nats_url: str | None, tokens_path: str, demo, companions=()) -> int:
     import uvloop
 
     from gateway.app import GatewayApp
@@ -280,7 +303,7 @@ def _run_gateway(args, nats_url: str | None, tokens_path: str, demo) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = GatewayApp(_gateway_config(args, nats_url, tokens_path))
-    uvloop.run(app.run(on_started=lambda: _announce(app, args, demo)))
+    uvloop.run(app.run(on_started=lambda: _announce(app, args, demo), companions=companions))
     return EXIT_OK
 
 
@@ -292,7 +315,7 @@ def _cmd_up(args) -> int:
     if tokens_path is None:
         demo = ensure_demo_tokens(args.data_dir)
         tokens_path = str(demo.hashes_path)
-    return _run_gateway(args, args.nats_url, tokens_path, demo)
+    return _run_gateway(args, args.nats_url, tokens_path, demo, companions=[_watchdog_worker(args, demo)])
 
 
 def _cmd_serve(args) -> int:

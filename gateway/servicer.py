@@ -460,10 +460,12 @@ class OrderGate:
             self._applied_executions.remember(execution.execution_id, True)
         return result, working.decision_sequence
 
-    def record_rules_loaded(self, rules: CompiledRules, text: str, previous_version: str = "") -> None:
-        """Record that ``rules`` (compiled from ``text``) are in force: at startup (no
-        ``previous_version``) and after every reload (``RulesReloader(on_loaded=...)``).
-        Does nothing without an event log."""
+    def record_rules_loaded(
+        self, rules: CompiledRules, text: str, previous_version: str = "", overrides: Sequence[LimitOverride] = ()
+    ) -> None:
+        """Record that ``rules`` (compiled from ``text`` with the limit ``overrides`` on
+        top) are in force: at startup (no ``previous_version``) and after every reload
+        (``RulesReloader(on_loaded=...)``). Does nothing without an event log."""
         if self.events is None:
             return
         cause = ledger_pb2.RULES_LOAD_CAUSE_RELOAD if previous_version else ledger_pb2.RULES_LOAD_CAUSE_STARTUP
@@ -476,6 +478,7 @@ class OrderGate:
                         source=rules.source,
                         text=text,
                         cause=cause,
+                        override_ids=[override.override_id for override in overrides],
                     )
                 )
             ]
@@ -639,12 +642,17 @@ class RulesReloader:
     path never pauses. Reloads are serialized (one compile at a time). The default path is
     the file the engine's current rules came from.
 
-    ``on_loaded(rules, text, previous_version)`` (e.g. ``OrderGate.record_rules_loaded``)
-    runs on the loop just before the swap; if it raises, the old rules stay in force, so
-    no rules are ever used that the ledger was not told about.
+    ``on_loaded(rules, text, previous_version, overrides)`` (e.g.
+    ``OrderGate.record_rules_loaded``) runs on the loop just before the swap; if it raises,
+    the old rules stay in force, so no rules are ever used that the ledger was not told
+    about.
     """
 
-    def __init__(self, engine, on_loaded: Callable[[CompiledRules, str, str], object] | None = None) -> None:
+    def __init__(
+        self,
+        engine,
+        on_loaded: Callable[[CompiledRules, str, str, Sequence[LimitOverride]], object] | None = None,
+    ) -> None:
         self._engine = engine
         self._on_loaded = on_loaded
         self._lock = asyncio.Lock()
@@ -664,10 +672,10 @@ class RulesReloader:
             rules, text = await asyncio.to_thread(
                 load_rules_and_text, source, self._engine.interner, in_force
             )
-            self.overrides = in_force
             previous = self._engine.version
             if self._on_loaded is not None:
-                self._on_loaded(rules, text, previous)
+                self._on_loaded(rules, text, previous, in_force)
+            self.overrides = in_force
             self._engine.reload(rules)
             log.info("rules reloaded from %s: %s -> %s", source, previous[:12], rules.version[:12])
             return previous, rules.version

@@ -134,11 +134,12 @@ def test_bearer_token_parsing(metadata, token):
 
 def test_demo_tokens_are_written_private_and_reused(tmp_path):
     demo = ensure_demo_tokens(tmp_path / "data")
-    assert set(demo.tokens) == {"trader", "alice", "bob", "admin"}
+    assert set(demo.tokens) == {"trader", "alice", "bob", "admin", "watchdog:default"}
     assert stat.S_IMODE(os.stat(demo.plaintext_path).st_mode) == 0o600
     store = TokenStore.load(demo.hashes_path)
     assert store.authenticate(demo.tokens["alice"]).roles == frozenset({"operator"})
     assert store.authenticate(demo.tokens["admin"]).roles == frozenset({"admin"})
+    assert store.authenticate(demo.tokens["watchdog:default"]).roles == frozenset({"operator"})
     assert demo.tokens["trader"] in demo.plaintext_path.read_text()
     assert "NOT FOR PRODUCTION" in demo.plaintext_path.read_text()
     again = ensure_demo_tokens(tmp_path / "data")
