@@ -148,7 +148,7 @@ cdef struct SymbolRule:  # 128 bytes: one symbol's row of every symbol table
     uint8_t active
     uint8_t restricted_sides
 
-cdef struct StrategyRule:  # 32 bytes
+cdef struct StrategyRule:  # 24 bytes
     int64_t rate_orders
     int64_t rate_window_ns
     int32_t rate_path
@@ -223,14 +223,33 @@ cdef struct OrderTicket:  # one order as the core reads it
     int64_t price
     int64_t client_order_key
     int64_t now_ns
+    # Derived once per order (``prepare_ticket``) and shared by the prefetch stages and the core.
+    int64_t pair_key  # account_id << 32 | symbol_id (meaningful for known ids only)
+    uint64_t pair_hash  # mix64(pair_key): home of the pair in the position table
+    uint64_t key_hash  # mix64(client_order_key): home of the key in the remembered set
+    # The pair's dense position index if a prefetch stage found one, else -1 (look it up):
+    # positions are never removed, so a found index stays right.
+    Py_ssize_t position_index
 
-cdef struct Verdict:  # a decision being made: the failure mask and every check's detail
+cdef struct OrderColumns:  # the input arrays of check_batch, as raw pointers
+    const int32_t* account_ids
+    const int32_t* symbol_ids
+    const int32_t* strategy_ids
+    const uint8_t* sides
+    const uint8_t* order_types
+    const int64_t* qtys
+    const int64_t* prices
+    const int64_t* keys
+    const int64_t* now_ns  # NULL: every order is at now_scalar
+    int64_t now_scalar
+    bint sides_signed  # int8 columns, read as signed
+    bint order_types_signed
+
+cdef struct Verdict:  # where the core writes a decision's failures
     uint64_t failed
-    # Written for every check evaluated, failed or not (so that checks need no branch);
-    # only the entries of failed codes mean anything, and only those are copied out.
-    pt_i128 limits[N_CHECKS]
-    pt_i128 observed[N_CHECKS]
-    int32_t paths[N_CHECKS]
+    int64_t* limits  # N_CHECKS entries, written only at failed codes
+    int64_t* observed
+    int32_t* paths
 
 @cython.final
 cdef class RuleView:
@@ -279,6 +298,9 @@ cdef class RuleView:
     cdef const int32_t[:, ::1] override_limit_paths
     cdef const uint8_t[::1] override_restricted_sides
     cdef const int32_t[::1] override_restricted_path
+    # Override rows of account a are override_first[a] .. override_first[a + 1] - 1 (the
+    # keys sort by account first), so an order searches only its own account's few rows.
+    cdef const int64_t[::1] override_first
 
     # The account, symbol and strategy rows above, one record per id (what the core reads).
     cdef object account_block
@@ -288,7 +310,7 @@ cdef class RuleView:
     cdef object strategy_block
     cdef StrategyRule* strategies
 
-    cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil
+    cdef Py_ssize_t override_row(self, int64_t account_id, int64_t pair_key) noexcept nogil
 
 
 @cython.final
@@ -360,13 +382,13 @@ cdef class Kernel:
                         pt_i128 strategy_level) noexcept nogil
     cdef OrderSlot* working_slot(self, int64_t handle) noexcept nogil
     cdef void end_order(self, int32_t slot) noexcept nogil
-    cdef void prefetch_order(self, RuleView view, int64_t account_id, int64_t symbol_id,
-                             int64_t client_order_key) noexcept nogil
-    cdef void prefetch_position(self, RuleView view, int64_t account_id, int64_t symbol_id) noexcept nogil
-    cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil
-    cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil
-    cdef bint remembers(self, int64_t client_order_key) noexcept nogil
-    cdef void remember(self, int64_t client_order_key) noexcept nogil
+    cdef void prefetch_order(self, RuleView view, const OrderTicket* order) noexcept nogil
+    cdef void prefetch_position(self, RuleView view, OrderTicket* order) noexcept nogil
+    cdef void prefetch_working_orders(self, const OrderTicket* order) noexcept nogil
+    cdef Py_ssize_t find_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil
+    cdef Py_ssize_t add_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil
+    cdef bint remembers(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil
+    cdef void remember(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil
     cdef void forget(self, int64_t client_order_key) noexcept nogil
     cdef void lock_state(self) noexcept
     cdef void unlock_state(self) noexcept nogil

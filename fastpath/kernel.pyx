@@ -25,7 +25,7 @@ from cpython.pythread cimport (
     PyThread_free_lock,
     PyThread_release_lock,
 )
-from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 import numpy as np
@@ -39,14 +39,22 @@ cdef enum:
     NO_PATH = -1
     HANDLE_SLOT_BITS = 32
     CACHE_LINE = 64
-    #: Orders ahead of the current one whose rule and state records check_batch prefetches
-    #: (their position record is prefetched half as far ahead, once its table slot is in).
+    #: How far ahead check_batch prefetches: an order's rule and state records and hash
+    #: slots this many orders ahead, its position record half as far ahead (once its table
+    #: slot is in), the first working order of its pair a quarter as far ahead.
     PREFETCH_DISTANCE = 8
+    PIPELINE_SIZE = 16  # a power of two > PREFETCH_DISTANCE: tickets of the orders ahead
+    PIPELINE_MASK = PIPELINE_SIZE - 1
 
 # Compile-time constants (C macros, so divisions by them become multiplications).
 cdef extern from *:
     """
-    #define PT_PREFETCH(address) __builtin_prefetch((const void *)(address), 1, 3)
+    /* The empty volatile asm makes a prefetch a side effect: without it GCC deems a
+       function that only prefetches pure and deletes the calls to it. */
+    #define PT_PREFETCH(address) do { \
+        __builtin_prefetch((const void *)(address), 1, 3); \
+        __asm__ volatile("" : : "r"(address)); \
+    } while (0)
     #define PT_LIMIT_UNSET ((int64_t)-1)
     #define PT_LIMIT_UNLIMITED INT64_MAX
     #define PT_PPM_SCALE ((int64_t)1000000)
@@ -57,7 +65,6 @@ cdef extern from *:
     #define PT_MAX_INDEXED_ID ((int64_t)0x7FFFFFFF)
     """
     void PT_PREFETCH(const void* address) noexcept nogil
-    int count_trailing_zeros "__builtin_ctzll" (unsigned long long value) noexcept nogil
     const int64_t LIMIT_UNSET "PT_LIMIT_UNSET"
     const int64_t LIMIT_UNLIMITED "PT_LIMIT_UNLIMITED"
     const int64_t PPM_SCALE "PT_PPM_SCALE"
@@ -227,7 +234,7 @@ cdef inline pt_i128 refill(int64_t tokens, int64_t last_ns, int64_t now_ns, int6
         return tokens if tokens < capacity else capacity
     if elapsed >= window_ns:
         return capacity
-    level = tokens + elapsed * orders
+    level = tokens + <pt_i128>(<int64_t>elapsed) * orders  # 0 < elapsed < window_ns: fits int64
     return level if level < capacity else capacity
 
 
@@ -242,29 +249,12 @@ cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
     return value ^ (value >> 31)
 
 
-cdef inline void record(Verdict* verdict, bint failed, int code, pt_i128 limit, pt_i128 observed,
-                        int32_t path) noexcept nogil:
-    """One check's outcome: its bit joins the mask if it failed; its detail is written
-    either way, so the caller computes ``failed`` without a branch (a realistic order mix
-    makes most checks' outcomes unpredictable, and a mispredicted branch costs more than
-    these stores)."""
-    verdict.failed |= (<uint64_t>failed) << code
-    verdict.limits[code] = limit
-    verdict.observed[code] = observed
+cdef inline void fail(Verdict* verdict, int code, pt_i128 limit, pt_i128 observed,
+                      int32_t path) noexcept nogil:
+    verdict.failed |= (<uint64_t>1) << code
+    verdict.limits[code] = saturate(limit)
+    verdict.observed[code] = saturate(observed)
     verdict.paths[code] = path
-
-
-cdef inline void write_details(const Verdict* verdict, int64_t* limits, int64_t* observed,
-                               int32_t* paths) noexcept nogil:
-    """Copy the details of the failed checks only, saturated to int64 as the reference does."""
-    cdef uint64_t remaining = verdict.failed
-    cdef int code
-    while remaining:
-        code = count_trailing_zeros(remaining)
-        limits[code] = saturate(verdict.limits[code])
-        observed[code] = saturate(verdict.observed[code])
-        paths[code] = verdict.paths[code]
-        remaining &= remaining - 1
 
 
 cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price) noexcept nogil:
@@ -272,6 +262,31 @@ cdef inline int64_t cross_price(int64_t side, int64_t order_type, int64_t price)
     if order_type == ORDER_TYPE_LIMIT:
         return price
     return INT64_MAX if side == SIDE_BUY else 0
+
+
+cdef inline void prepare_ticket(OrderTicket* order) noexcept nogil:
+    """Derive the pair key and the two hashes of an order (once, for every stage)."""
+    order.pair_key = <int64_t>((<uint64_t>order.account_id << 32) | <uint32_t>order.symbol_id)
+    order.pair_hash = mix64(<uint64_t>order.pair_key)
+    order.key_hash = mix64(<uint64_t>order.client_order_key)
+    order.position_index = -1
+
+
+cdef inline void load_ticket(OrderTicket* order, const OrderColumns* columns, Py_ssize_t i) noexcept nogil:
+    """Order ``i`` of a batch, read from its columns and prepared."""
+    order.account_id = columns.account_ids[i]
+    order.symbol_id = columns.symbol_ids[i]
+    order.strategy_id = columns.strategy_ids[i]
+    # (each branch widened on its own: a conditional of int8 and uint8 would be uint8)
+    order.side = <int64_t><int8_t>columns.sides[i] if columns.sides_signed else <int64_t>columns.sides[i]
+    order.order_type = (
+        <int64_t><int8_t>columns.order_types[i] if columns.order_types_signed else <int64_t>columns.order_types[i]
+    )
+    order.qty = columns.qtys[i]
+    order.price = columns.prices[i]
+    order.client_order_key = columns.keys[i]
+    order.now_ns = columns.now_ns[i] if columns.now_ns != NULL else columns.now_scalar
+    prepare_ticket(order)
 
 
 #: What an account x symbol pair without a position record reads as: nothing held, no
@@ -342,7 +357,8 @@ cdef class RuleView:
     and symbols are mostly misses. So the view also packs each account's, symbol's and
     strategy's row of every table into one record (:c:type:`AccountRule`,
     :c:type:`SymbolRule`, :c:type:`StrategyRule`: two lines, two lines, half a line), and
-    the core reads those; the override tables are read in place (binary search).
+    the core reads those. The override tables are read in place: ``override_first`` gives
+    each account's range of rows, searched by binary search.
 
     The kernel indexes all of this without bounds checks, so construction checks what its
     safety and arithmetic rest on: one row per id in every array of a scope,
@@ -475,15 +491,20 @@ cdef class RuleView:
         for i in range(1, self.n_overrides):
             if self.override_keys[i] <= self.override_keys[i - 1]:
                 raise ValueError(f"{source}: RuleTables.override_keys is not strictly increasing")
+        accounts_of_overrides = np.asarray(self.override_keys) >> 32
+        if self.n_overrides and not 0 <= accounts_of_overrides[0] <= accounts_of_overrides[-1] < self.n_accounts:
+            raise ValueError(f"{source}: RuleTables.override_keys names an account beyond the tables")
+        self.override_first = np.searchsorted(
+            accounts_of_overrides, np.arange(self.n_accounts + 1), side="left"
+        ).astype(np.int64)
 
-    cdef Py_ssize_t override_row(self, int64_t pair_key) noexcept nogil:
-        """Row of the account x symbol override with this key, or -1.
-
-        A binary search whose steps select with a conditional move instead of branching:
-        the comparisons of random keys are coin flips a branch predictor cannot learn.
-        """
-        cdef Py_ssize_t base = 0
-        cdef Py_ssize_t length = self.n_overrides
+    cdef Py_ssize_t override_row(self, int64_t account_id, int64_t pair_key) noexcept nogil:
+        """Row of the account x symbol override with this key, or -1: a binary search over
+        the account's own rows (most accounts have none) whose steps select with a
+        conditional move, since comparisons of random keys are coin flips to a branch
+        predictor."""
+        cdef Py_ssize_t base = self.override_first[account_id]
+        cdef Py_ssize_t length = self.override_first[account_id + 1] - base
         cdef Py_ssize_t half
         if length == 0:
             return -1
@@ -795,10 +816,13 @@ cdef class Kernel:
         order.price = price
         order.client_order_key = client_order_key
         order.now_ns = now_ns
+        prepare_ticket(&order)
+        verdict.limits = result.limits
+        verdict.observed = result.observed
+        verdict.paths = result.paths
         self.lock_state()
         result.failed = self.decide(view, &order, &verdict, &result.handle)
         self.unlock_state()
-        write_details(&verdict, result.limits, result.observed, result.paths)
         result.accepted = result.failed == 0
         return result
 
@@ -834,14 +858,10 @@ cdef class Kernel:
         cdef const int32_t[::1] strategy_column = strategy_ids
         cdef const uint8_t[::1] side_column = _small_int_bytes(sides, "sides")
         cdef const uint8_t[::1] order_type_column = _small_int_bytes(order_types, "order_types")
-        cdef bint sides_signed = np.asarray(sides).dtype == np.int8
-        cdef bint order_types_signed = np.asarray(order_types).dtype == np.int8
         cdef const int64_t[::1] qty_column = qtys
         cdef const int64_t[::1] price_column = prices
         cdef const int64_t[::1] key_column = keys
         cdef const int64_t[::1] now_column
-        cdef int64_t now_scalar = 0
-        cdef bint now_per_order = np.ndim(now_ns) != 0
         cdef uint64_t[::1] failed_column = out_failed
         cdef int64_t[::1] handle_column = out_handles
         cdef int64_t[:, ::1] limit_rows = out_limits
@@ -849,16 +869,14 @@ cdef class Kernel:
         cdef int32_t[:, ::1] path_rows = out_paths
         cdef Py_ssize_t n = account_column.shape[0]
         cdef Py_ssize_t i
+        cdef Py_ssize_t ahead
         cdef Py_ssize_t accepted = 0
-        cdef OrderTicket order
+        cdef OrderColumns columns
+        # Orders i .. i + PREFETCH_DISTANCE, read and hashed ahead of their decision.
+        cdef OrderTicket pipeline[PIPELINE_SIZE]
         cdef Verdict verdict
         cdef RuleView view = self.view
 
-        if now_per_order:
-            now_column = now_ns
-            _require_length("now_ns", now_column.shape[0], n)
-        else:
-            now_scalar = now_ns
         for name, length in (
             ("symbol_ids", symbol_column.shape[0]),
             ("strategy_ids", strategy_column.shape[0]),
@@ -874,42 +892,59 @@ cdef class Kernel:
             ("out_paths", path_rows.shape[0]),
         ):
             _require_length(name, length, n)
-        for name, columns in (
+        for name, width in (
             ("out_limits", limit_rows.shape[1]),
             ("out_observed", observed_rows.shape[1]),
             ("out_paths", path_rows.shape[1]),
         ):
-            if columns != N_CHECKS:
-                raise ValueError(f"{name} must have {N_CHECKS} columns, got {columns}")
+            if width != N_CHECKS:
+                raise ValueError(f"{name} must have {N_CHECKS} columns, got {width}")
+        columns.now_ns = NULL
+        columns.now_scalar = 0
+        if np.ndim(now_ns) != 0:
+            now_column = now_ns
+            _require_length("now_ns", now_column.shape[0], n)
+            if n:
+                columns.now_ns = &now_column[0]
+        else:
+            columns.now_scalar = now_ns
+        if n == 0:
+            return 0
+        columns.account_ids = &account_column[0]
+        columns.symbol_ids = &symbol_column[0]
+        columns.strategy_ids = &strategy_column[0]
+        columns.sides = &side_column[0]
+        columns.order_types = &order_type_column[0]
+        columns.qtys = &qty_column[0]
+        columns.prices = &price_column[0]
+        columns.keys = &key_column[0]
+        columns.sides_signed = np.asarray(sides).dtype == np.int8
+        columns.order_types_signed = np.asarray(order_types).dtype == np.int8
 
         self.lock_state()
         with nogil:
+            # A software pipeline: each order is read and hashed PREFETCH_DISTANCE orders
+            # before its decision and its rule, state and hash-slot lines requested; half
+            # way its position record, a quarter of the way its pair's first working order.
+            for ahead in range(min(n, PREFETCH_DISTANCE)):
+                load_ticket(&pipeline[ahead & PIPELINE_MASK], &columns, ahead)
+                self.prefetch_order(view, &pipeline[ahead & PIPELINE_MASK])
             for i in range(n):
-                if i + PREFETCH_DISTANCE < n:
-                    self.prefetch_order(
-                        view,
-                        account_column[i + PREFETCH_DISTANCE],
-                        symbol_column[i + PREFETCH_DISTANCE],
-                        key_column[i + PREFETCH_DISTANCE],
-                    )
-                if i + PREFETCH_DISTANCE // 2 < n:
-                    self.prefetch_position(
-                        view, account_column[i + PREFETCH_DISTANCE // 2], symbol_column[i + PREFETCH_DISTANCE // 2]
-                    )
-                order.account_id = account_column[i]
-                order.symbol_id = symbol_column[i]
-                order.strategy_id = strategy_column[i]
-                order.side = <int8_t>side_column[i] if sides_signed else side_column[i]
-                order.order_type = <int8_t>order_type_column[i] if order_types_signed else order_type_column[i]
-                order.qty = qty_column[i]
-                order.price = price_column[i]
-                order.client_order_key = key_column[i]
-                order.now_ns = now_column[i] if now_per_order else now_scalar
-                failed_column[i] = self.decide(view, &order, &verdict, &handle_column[i])
-                if verdict.failed:
-                    write_details(&verdict, &limit_rows[i, 0], &observed_rows[i, 0], &path_rows[i, 0])
-                else:
-                    accepted += 1
+                ahead = i + PREFETCH_DISTANCE
+                if ahead < n:
+                    load_ticket(&pipeline[ahead & PIPELINE_MASK], &columns, ahead)
+                    self.prefetch_order(view, &pipeline[ahead & PIPELINE_MASK])
+                ahead = i + PREFETCH_DISTANCE // 2
+                if ahead < n:
+                    self.prefetch_position(view, &pipeline[ahead & PIPELINE_MASK])
+                ahead = i + PREFETCH_DISTANCE // 4
+                if ahead < n:
+                    self.prefetch_working_orders(&pipeline[ahead & PIPELINE_MASK])
+                verdict.limits = &limit_rows[i, 0]
+                verdict.observed = &observed_rows[i, 0]
+                verdict.paths = &path_rows[i, 0]
+                failed_column[i] = self.decide(view, &pipeline[i & PIPELINE_MASK], &verdict, &handle_column[i])
+                accepted += failed_column[i] == 0
             self.unlock_state()
         return accepted
 
@@ -917,11 +952,8 @@ cdef class Kernel:
                          int64_t* handle) noexcept nogil:
         """The whole of ``ReferenceKernel.check`` for one order; the lock is held.
 
-        Records every check in ``verdict`` (see :func:`record`) and, on accept, moves the
-        state and writes the handle. Returns the failure mask (0 = accepted). Checks whose
-        outcome an order mix makes unpredictable are computed without branches; branches
-        remain where the outcome is stable (stage A, which rules are configured, rates,
-        trading states) or where work must be skipped (a missing position, a division).
+        Writes the failure details into ``verdict`` and, on accept, moves the state and
+        writes the handle. Returns the failure mask (0 = accepted).
         """
         cdef int64_t account_id = order.account_id
         cdef int64_t symbol_id = order.symbol_id
@@ -935,89 +967,66 @@ cdef class Kernel:
         verdict.failed = 0
 
         # ---- stage A: validity and identity --------------------------------------------
-        record(verdict, side < SIDE_BUY or side > SIDE_SELL_SHORT, CHECK_INVALID_SIDE, 0, side, NO_PATH)
-        record(
-            verdict,
-            order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET,
-            CHECK_INVALID_ORDER_TYPE,
-            0,
-            order_type,
-            NO_PATH,
-        )
-        record(verdict, qty <= 0, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
-        record(verdict, order_type == ORDER_TYPE_LIMIT and price <= 0, CHECK_INVALID_PRICE, 0, price, NO_PATH)
-        record(
-            verdict,
-            account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active,
-            CHECK_UNKNOWN_ACCOUNT,
-            0,
-            account_id,
-            NO_PATH,
-        )
-        record(
-            verdict,
-            symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active,
-            CHECK_UNKNOWN_SYMBOL,
-            0,
-            symbol_id,
-            NO_PATH,
-        )
-        record(
-            verdict,
-            strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active,
-            CHECK_UNKNOWN_STRATEGY,
-            0,
-            strategy_id,
-            NO_PATH,
-        )
+        if side < SIDE_BUY or side > SIDE_SELL_SHORT:
+            fail(verdict, CHECK_INVALID_SIDE, 0, side, NO_PATH)
+        if order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET:
+            fail(verdict, CHECK_INVALID_ORDER_TYPE, 0, order_type, NO_PATH)
+        if qty <= 0:
+            fail(verdict, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
+        if order_type == ORDER_TYPE_LIMIT and price <= 0:
+            fail(verdict, CHECK_INVALID_PRICE, 0, price, NO_PATH)
+        if account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active:
+            fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
+        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active:
+            fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
+        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active:
+            fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
         if verdict.failed:
             return verdict.failed
 
         # ---- stage B --------------------------------------------------------------------
         cdef const AccountRule* account_rule = &view.accounts[account_id]
         cdef const SymbolRule* symbol_rule = &view.symbols[symbol_id]
-        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
         cdef AccountState* account = &self.accounts[account_id]
         cdef SymbolState* symbol = &self.symbols[symbol_id]
         cdef StrategyState* strategy = &self.strategies[strategy_id]
         cdef bint is_limit = order_type == ORDER_TYPE_LIMIT
         cdef bint is_buy = side == SIDE_BUY
-        cdef int64_t pair_key = account_id << 32 | symbol_id
-        cdef Py_ssize_t position_index = self.find_position(pair_key)
+        cdef int64_t pair_key = order.pair_key
+        cdef Py_ssize_t position_index = order.position_index
+        if position_index < 0:
+            position_index = self.find_position(pair_key, order.pair_hash)
         cdef const PositionState* pos = &NO_POSITION
         if position_index >= 0:
             pos = &self.positions[position_index]
 
         # validity against reference data
         cdef int64_t tick = symbol_rule.tick
-        record(verdict, is_limit & (price % tick != 0), CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
-        record(verdict, qty % symbol_rule.lot != 0, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
+        if is_limit and price % tick:
+            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
+        if qty % symbol_rule.lot:
+            fail(verdict, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
 
         # reference price
+        cdef int64_t max_age = symbol_rule.max_ref_age_ns
         cdef int64_t ref_price = symbol.reference_price
         cdef pt_i128 ref_age = <pt_i128>now_ns - symbol.reference_ts_ns
-        cdef bint has_reference = ref_price > 0
-        cdef bint stale = has_reference & (ref_age > symbol_rule.max_ref_age_ns)
-        cdef bint fresh = has_reference & (not stale)
-        record(verdict, not has_reference, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
-        record(
-            verdict,
-            stale,
-            CHECK_REFERENCE_PRICE_STALE,
-            symbol_rule.max_ref_age_ns,
-            ref_age,
-            symbol_rule.max_ref_age_path,
-        )
+        cdef bint fresh = False
+        if ref_price <= 0:
+            fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
+        elif ref_age > max_age:
+            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, symbol_rule.max_ref_age_path)
+        else:
+            fresh = True
 
         # limits the order needs: the account chain (override row, else the account's row
         # with the firm folded in) against the symbol cap; the smaller wins, ties the chain
-        cdef Py_ssize_t override = view.override_row(pair_key)
+        cdef Py_ssize_t override = view.override_row(account_id, pair_key)
         cdef int64_t limit[N_LIMIT_KINDS]
         cdef int32_t limit_path[N_LIMIT_KINDS]
         cdef int64_t chain
         cdef int32_t chain_path
         cdef int64_t cap
-        cdef bint chain_wins
         cdef int kind
         for kind in range(N_LIMIT_KINDS):
             chain = LIMIT_UNSET
@@ -1027,11 +1036,14 @@ cdef class Kernel:
                 chain_path = view.override_limit_paths[override, kind]
             if chain == LIMIT_UNSET:
                 chain = account_rule.limits[kind]
-                chain_path = account_rule.limit_paths[kind] if chain != LIMIT_UNSET else NO_PATH
+                chain_path = account_rule.limit_paths[kind]
             cap = symbol_rule.limits[kind]
-            chain_wins = (cap == LIMIT_UNSET) | ((chain != LIMIT_UNSET) & (chain <= cap))
-            limit[kind] = chain if chain_wins else cap
-            limit_path[kind] = chain_path if chain_wins else symbol_rule.limit_paths[kind]
+            if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
+                limit[kind] = chain
+                limit_path[kind] = chain_path if chain != LIMIT_UNSET else NO_PATH
+            else:
+                limit[kind] = cap
+                limit_path[kind] = symbol_rule.limit_paths[kind]
         cdef int64_t qty_limit = limit[<int>LIMIT_KIND_MAX_ORDER_QTY]
         cdef int64_t notional_limit = limit[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL]
         cdef int64_t long_limit = limit[<int>LIMIT_KIND_MAX_LONG_POSITION]
@@ -1042,21 +1054,34 @@ cdef class Kernel:
         cdef int64_t max_working = account_rule.max_working
         cdef int64_t account_rate_orders = account_rule.rate_orders
         cdef int64_t account_rate_window = account_rule.rate_window_ns
-        cdef int64_t strategy_rate_orders = strategy_rule.rate_orders if strategy_id != 0 else LIMIT_UNSET
-        cdef int64_t strategy_rate_window = strategy_rule.rate_window_ns
+        cdef int64_t strategy_rate_orders = LIMIT_UNSET
+        cdef int64_t strategy_rate_window = 0
+        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
+        if strategy_id != 0:
+            strategy_rate_orders = strategy_rule.rate_orders
+            strategy_rate_window = strategy_rule.rate_window_ns
 
-        cdef int64_t missing = (
-            (qty_limit == LIMIT_UNSET) * MISSING_MAX_ORDER_QTY
-            | (notional_limit == LIMIT_UNSET) * MISSING_MAX_ORDER_NOTIONAL
-            | (long_limit == LIMIT_UNSET) * MISSING_MAX_LONG_POSITION
-            | (short_limit == LIMIT_UNSET) * MISSING_MAX_SHORT_POSITION
-            | (is_limit & (collar_ppm == LIMIT_UNSET) & (collar_ticks == LIMIT_UNSET)) * MISSING_PRICE_COLLAR
-            | (credit == LIMIT_UNSET) * MISSING_CREDIT_LIMIT
-            | (max_working == LIMIT_UNSET) * MISSING_MAX_WORKING_ORDERS
-            | (account_rate_orders == LIMIT_UNSET) * MISSING_ACCOUNT_ORDER_RATE
-            | ((strategy_id != 0) & (strategy_rate_orders == LIMIT_UNSET)) * MISSING_STRATEGY_ORDER_RATE
-        )
-        record(verdict, missing != 0, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
+        cdef int64_t missing = 0
+        if qty_limit == LIMIT_UNSET:
+            missing |= MISSING_MAX_ORDER_QTY
+        if notional_limit == LIMIT_UNSET:
+            missing |= MISSING_MAX_ORDER_NOTIONAL
+        if long_limit == LIMIT_UNSET:
+            missing |= MISSING_MAX_LONG_POSITION
+        if short_limit == LIMIT_UNSET:
+            missing |= MISSING_MAX_SHORT_POSITION
+        if credit == LIMIT_UNSET:
+            missing |= MISSING_CREDIT_LIMIT
+        if max_working == LIMIT_UNSET:
+            missing |= MISSING_MAX_WORKING_ORDERS
+        if account_rate_orders == LIMIT_UNSET:
+            missing |= MISSING_ACCOUNT_ORDER_RATE
+        if is_limit and collar_ppm == LIMIT_UNSET and collar_ticks == LIMIT_UNSET:
+            missing |= MISSING_PRICE_COLLAR
+        if strategy_id != 0 and strategy_rate_orders == LIMIT_UNSET:
+            missing |= MISSING_STRATEGY_ORDER_RATE
+        if missing:
+            fail(verdict, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
 
         # trading state: the most restrictive scope wins; the first scope holding it is reported
         cdef uint8_t effective = self.firm_state
@@ -1070,108 +1095,103 @@ cdef class Kernel:
         if symbol.trading_state > effective:
             effective = symbol.trading_state
             scope = SCOPE_SYMBOL
-        record(verdict, effective == TRADING_STATE_HALTED, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
-        cdef pt_i128 reducible = -<pt_i128>pos.position if is_buy else <pt_i128>pos.position
-        if reducible < 0:
-            reducible = 0
-        cdef pt_i128 after = (<pt_i128>pos.working_buy if is_buy else <pt_i128>pos.working_sell) + qty
-        record(
-            verdict,
-            (effective == TRADING_STATE_REDUCING) & (after > reducible),
-            CHECK_REDUCE_ONLY_VIOLATION,
-            reducible,
-            after,
-            NO_PATH,
-        )
+        cdef pt_i128 reducible
+        cdef pt_i128 after
+        if effective == TRADING_STATE_HALTED:
+            fail(verdict, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
+        elif effective == TRADING_STATE_REDUCING:
+            if is_buy:
+                reducible = -<pt_i128>pos.position
+                after = <pt_i128>pos.working_buy + qty
+            else:
+                reducible = pos.position
+                after = <pt_i128>pos.working_sell + qty
+            if reducible < 0:
+                reducible = 0
+            if after > reducible:
+                fail(verdict, CHECK_REDUCE_ONLY_VIOLATION, reducible, after, NO_PATH)
 
         # restricted list: firm-wide first, then the account's own
         cdef uint8_t side_bit = 1 << side
-        cdef uint8_t account_restricted_sides = 0
-        cdef int32_t account_restricted_path = NO_PATH
-        if override >= 0:
-            account_restricted_sides = view.override_restricted_sides[override]
-            account_restricted_path = view.override_restricted_path[override]
-        cdef bint firm_restricts = (symbol_rule.restricted_sides & side_bit) != 0
-        record(
-            verdict,
-            firm_restricts | ((account_restricted_sides & side_bit) != 0),
-            CHECK_SYMBOL_RESTRICTED,
-            symbol_rule.restricted_sides if firm_restricts else account_restricted_sides,
-            side,
-            symbol_rule.restricted_path if firm_restricts else account_restricted_path,
-        )
+        if symbol_rule.restricted_sides & side_bit:
+            fail(verdict, CHECK_SYMBOL_RESTRICTED, symbol_rule.restricted_sides, side, symbol_rule.restricted_path)
+        elif override >= 0 and view.override_restricted_sides[override] & side_bit:
+            fail(
+                verdict,
+                CHECK_SYMBOL_RESTRICTED,
+                view.override_restricted_sides[override],
+                side,
+                view.override_restricted_path[override],
+            )
 
         # order size
-        record(
-            verdict,
-            (qty_limit != LIMIT_UNSET) & (qty > qty_limit),
-            CHECK_MAX_ORDER_QTY_EXCEEDED,
-            qty_limit,
-            qty,
-            limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY],
-        )
+        if qty_limit != LIMIT_UNSET and qty > qty_limit:
+            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY])
         cdef int64_t effective_price = price if is_limit else ref_price
         cdef int64_t notional = -1
         if effective_price > 0:
             notional = notional_micros(qty, effective_price, symbol_rule.multiplier)
-        record(
-            verdict,
-            (notional >= 0) & (notional_limit != LIMIT_UNSET) & (notional > notional_limit),
-            CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
-            notional_limit,
-            notional,
-            limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
-        )
+        if notional >= 0 and notional_limit != LIMIT_UNSET and notional > notional_limit:
+            fail(
+                verdict,
+                CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
+                notional_limit,
+                notional,
+                limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
+            )
 
-        # price collar: the tighter of the percentage and tick bands around a fresh
-        # reference (both computed; where a band does not apply its value is ignored)
-        cdef bint ppm_applies = (collar_ppm != LIMIT_UNSET) & (collar_ppm != LIMIT_UNLIMITED)
-        cdef bint ticks_apply = (collar_ticks != LIMIT_UNSET) & (collar_ticks != LIMIT_UNLIMITED)
-        cdef pt_i128 ppm_band = mul_div(<uint64_t>ref_price, <uint64_t>collar_ppm, PPM_SCALE, False)
-        cdef pt_i128 tick_band = <pt_i128>collar_ticks * tick
-        cdef bint use_ticks = ticks_apply & ((not ppm_applies) | (tick_band < ppm_band))
-        cdef pt_i128 band = tick_band if use_ticks else ppm_band
-        cdef bint above = <pt_i128>price - ref_price > band
-        cdef bint below = <pt_i128>ref_price - price > band
-        record(
-            verdict,
-            is_limit & fresh & (ppm_applies | ticks_apply) & (above | below),
-            CHECK_PRICE_COLLAR_BREACHED,
-            ref_price + band if above else ref_price - band,
-            price,
-            limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS] if use_ticks else limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM],
-        )
+        # price collar: the tighter of the percentage and tick bands around a fresh reference
+        cdef bint has_band = False
+        cdef pt_i128 band = 0
+        cdef pt_i128 tick_band
+        cdef int32_t band_path = NO_PATH
+        if is_limit and fresh:
+            if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
+                band = mul_div(ref_price, collar_ppm, PPM_SCALE, False)
+                band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
+                has_band = True
+            if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
+                tick_band = <pt_i128>collar_ticks * tick
+                if not has_band or tick_band < band:
+                    band = tick_band
+                    band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
+                    has_band = True
+            if has_band:
+                if <pt_i128>price - ref_price > band:
+                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price + band, price, band_path)
+                elif <pt_i128>ref_price - price > band:
+                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price - band, price, band_path)
 
         # credit: working + filled + this order
-        cdef pt_i128 exposure = <pt_i128>account.working_notional + account.filled_notional + notional
-        record(
-            verdict,
-            (notional >= 0) & (credit != LIMIT_UNSET) & (exposure > credit),
-            CHECK_CREDIT_LIMIT_EXCEEDED,
-            credit,
-            exposure,
-            account_rule.credit_path,
-        )
+        cdef pt_i128 exposure
+        if notional >= 0 and credit != LIMIT_UNSET:
+            exposure = <pt_i128>account.working_notional + account.filled_notional + notional
+            if exposure > credit:
+                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, account_rule.credit_path)
 
         # position, counting working orders on the side that increases it
-        cdef pt_i128 long_after = <pt_i128>pos.position + pos.working_buy + qty
-        cdef pt_i128 short_after = <pt_i128>pos.working_sell + qty - pos.position
-        record(
-            verdict,
-            is_buy & (long_limit != LIMIT_UNSET) & (long_after > long_limit),
-            CHECK_LONG_POSITION_LIMIT_EXCEEDED,
-            long_limit,
-            long_after,
-            limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
-        )
-        record(
-            verdict,
-            (not is_buy) & (short_limit != LIMIT_UNSET) & (short_after > short_limit),
-            CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
-            short_limit,
-            short_after,
-            limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
-        )
+        cdef pt_i128 position_after
+        if is_buy:
+            if long_limit != LIMIT_UNSET:
+                position_after = <pt_i128>pos.position + pos.working_buy + qty
+                if position_after > long_limit:
+                    fail(
+                        verdict,
+                        CHECK_LONG_POSITION_LIMIT_EXCEEDED,
+                        long_limit,
+                        position_after,
+                        limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
+                    )
+        elif short_limit != LIMIT_UNSET:
+            position_after = <pt_i128>pos.working_sell + qty - pos.position
+            if position_after > short_limit:
+                fail(
+                    verdict,
+                    CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
+                    short_limit,
+                    position_after,
+                    limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
+                )
 
         # order rates (token buckets; charged on accept only)
         cdef pt_i128 account_level = 0
@@ -1181,9 +1201,8 @@ cdef class Kernel:
                 account.rate_tokens, account.rate_last_ns, now_ns, account_rate_orders, account_rate_window
             )
             if account_level < account_rate_window:
-                record(
+                fail(
                     verdict,
-                    True,
                     CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
                     account_rate_orders,
                     ceil_div(account_rate_window - account_level, account_rate_orders),
@@ -1194,95 +1213,70 @@ cdef class Kernel:
                 strategy.rate_tokens, strategy.rate_last_ns, now_ns, strategy_rate_orders, strategy_rate_window
             )
             if strategy_level < strategy_rate_window:
-                record(
+                fail(
                     verdict,
-                    True,
                     CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
                     strategy_rate_orders,
                     ceil_div(strategy_rate_window - strategy_level, strategy_rate_orders),
                     strategy_rule.rate_path,
                 )
 
-        # duplicates: the client order id, then the content, newest first (the ring is
-        # walked oldest to newest so that the newest match is the one left standing)
-        record(verdict, self.remembers(order.client_order_key), CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
+        # duplicates: the client order id, then the content newest first
+        if self.remembers(order.client_order_key, order.key_hash):
+            fail(verdict, CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
         cdef int64_t content_window = account_rule.dup_window_ns
         cdef int64_t content_price = price if is_limit else 0
         cdef int64_t content_kind = side | order_type << 2
-        cdef bint content_seen = False
-        cdef bint same_content
-        cdef pt_i128 content_age = 0
-        cdef pt_i128 age
         cdef int age_rank
         cdef int entry
-        for age_rank in range(CONTENT_MEMORY_PER_POSITION - 1, -1, -1):
-            entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
-            age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
-            same_content = (
-                (age_rank < pos.recent_count)
-                & (((pos.recent_kinds >> (4 * entry)) & 0xF) == content_kind)
-                & (pos.recent_qty[entry] == qty)
-                & (pos.recent_price[entry] == content_price)
-                & (age <= content_window)
-            )
-            content_age = age if same_content else content_age
-            content_seen |= same_content
-        record(
-            verdict,
-            (content_window > 0) & content_seen,
-            CHECK_DUPLICATE_ORDER_CONTENT,
-            content_window,
-            content_age,
-            NO_PATH,
-        )
+        cdef pt_i128 recent_age
+        if content_window > 0:
+            for age_rank in range(pos.recent_count):
+                entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
+                if (
+                    (pos.recent_kinds >> (4 * entry)) & 0xF == content_kind
+                    and pos.recent_qty[entry] == qty
+                    and pos.recent_price[entry] == content_price
+                ):
+                    recent_age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
+                    if recent_age <= content_window:
+                        fail(verdict, CHECK_DUPLICATE_ORDER_CONTENT, content_window, recent_age, NO_PATH)
+                        break
 
         # working orders
         cdef int64_t working_after = account.working_count + 1
-        record(
-            verdict,
-            (max_working != LIMIT_UNSET) & (working_after > max_working),
-            CHECK_MAX_WORKING_ORDERS_EXCEEDED,
-            max_working,
-            working_after,
-            account_rule.max_working_path,
-        )
+        if max_working != LIMIT_UNSET and working_after > max_working:
+            fail(
+                verdict,
+                CHECK_MAX_WORKING_ORDERS_EXCEEDED,
+                max_working,
+                working_after,
+                account_rule.max_working_path,
+            )
 
         # self-match: would the order cross the account's own working order on the other side?
         cdef int64_t cross = cross_price(side, order_type, price)
         cdef int32_t slot
         cdef const OrderSlot* working
-        cdef bint opposite_side
         cdef bint has_opposite = False
         cdef int64_t opposite = 0
         if account_rule.self_match:
             slot = pos.first_order
             while slot >= 0:
                 working = &self.orders[slot]
-                opposite_side = (working.side == SIDE_BUY) != is_buy
-                if opposite_side & ((not has_opposite) | ((working.cross_price < opposite) == is_buy)):
-                    opposite = working.cross_price
-                has_opposite |= opposite_side
+                if (working.side == SIDE_BUY) != is_buy:
+                    if not has_opposite or (working.cross_price < opposite if is_buy else working.cross_price > opposite):
+                        opposite = working.cross_price
+                        has_opposite = True
                 slot = working.next
-            record(
-                verdict,
-                has_opposite & ((opposite <= cross) if is_buy else (opposite >= cross)),
-                CHECK_SELF_MATCH_PREVENTED,
-                opposite,
-                cross,
-                NO_PATH,
-            )
+            if has_opposite and (opposite <= cross if is_buy else opposite >= cross):
+                fail(verdict, CHECK_SELF_MATCH_PREVENTED, opposite, cross, NO_PATH)
 
         # capacity of the kernel's own tables: orders first, then positions
-        cdef bint orders_full = self.live_count >= self.max_orders
-        cdef bint positions_full = (position_index < 0) & (self.n_positions >= self.max_positions)
-        record(
-            verdict,
-            orders_full | positions_full,
-            CHECK_STATE_CAPACITY_EXHAUSTED,
-            self.max_orders if orders_full else self.max_positions,
-            self.live_count if orders_full else self.n_positions,
-            NO_PATH,
-        )
+        if self.live_count >= self.max_orders:
+            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_orders, self.live_count, NO_PATH)
+        elif position_index < 0 and self.n_positions >= self.max_positions:
+            fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_positions, self.n_positions, NO_PATH)
 
         if verdict.failed:
             return verdict.failed
@@ -1308,7 +1302,7 @@ cdef class Kernel:
         cdef int entry
 
         if position_index < 0:
-            position_index = self.add_position(account_id << 32 | order.symbol_id)
+            position_index = self.add_position(order.pair_key, order.pair_hash)
         pos = &self.positions[position_index]
 
         self.free_top -= 1
@@ -1351,46 +1345,58 @@ cdef class Kernel:
         if strategy_id != 0 and rate_applies(strategy_rule.rate_orders):
             strategy.rate_tokens = saturate(strategy_level - strategy_rule.rate_window_ns)
             strategy.rate_last_ns = order.now_ns
-        self.remember(order.client_order_key)
+        self.remember(order.client_order_key, order.key_hash)
         return (<int64_t>working.generation) << HANDLE_SLOT_BITS | slot
 
     # -- prefetching for check_batch ----------------------------------------------------
-    cdef void prefetch_order(self, RuleView view, int64_t account_id, int64_t symbol_id,
-                             int64_t client_order_key) noexcept nogil:
+    cdef void prefetch_order(self, RuleView view, const OrderTicket* order) noexcept nogil:
         """Start loading what an order ahead will read: its rule and state records, its
         client order id's and its pair's hash slots. Only a hint: ids are bounds-checked so
         that no address is formed outside the blocks, nothing is read."""
+        cdef int64_t account_id = order.account_id
+        cdef int64_t symbol_id = order.symbol_id
         cdef const char* record
-        PT_PREFETCH(&self.remembered_set[mix64(<uint64_t>client_order_key) & self.remembered_set_mask])
-        if 0 <= account_id < view.n_accounts:
+        cdef bint account_known = 0 <= account_id < view.n_accounts
+        cdef bint symbol_known = 0 <= symbol_id < view.n_symbols
+        PT_PREFETCH(&self.remembered_set[order.key_hash & self.remembered_set_mask])
+        if account_known:
             record = <const char*>&view.accounts[account_id]
             PT_PREFETCH(record)
             PT_PREFETCH(record + CACHE_LINE)
             PT_PREFETCH(&self.accounts[account_id])
-        if 0 <= symbol_id < view.n_symbols:
+            PT_PREFETCH(&view.override_first[account_id])
+        if symbol_known:
             record = <const char*>&view.symbols[symbol_id]
             PT_PREFETCH(record)
             PT_PREFETCH(record + CACHE_LINE)
             PT_PREFETCH(&self.symbols[symbol_id])
-            if 0 <= account_id < view.n_accounts:
-                PT_PREFETCH(&self.position_table[mix64(<uint64_t>(account_id << 32 | symbol_id)) & self.position_table_mask])
+        if account_known and symbol_known:
+            PT_PREFETCH(&self.position_table[order.pair_hash & self.position_table_mask])
 
-    cdef void prefetch_position(self, RuleView view, int64_t account_id, int64_t symbol_id) noexcept nogil:
-        """Start loading the position record of a nearer order (its table slot was
-        prefetched earlier, so finding the record is cheap by now)."""
-        cdef Py_ssize_t index
+    cdef void prefetch_position(self, RuleView view, OrderTicket* order) noexcept nogil:
+        """Find a nearer order's position record (its table slot was prefetched earlier),
+        keep its index in the ticket and start loading it."""
         cdef const char* record
-        if 0 <= account_id < view.n_accounts and 0 <= symbol_id < view.n_symbols:
-            index = self.find_position(account_id << 32 | symbol_id)
-            if index >= 0:
-                record = <const char*>&self.positions[index]
+        if 0 <= order.account_id < view.n_accounts and 0 <= order.symbol_id < view.n_symbols:
+            order.position_index = self.find_position(order.pair_key, order.pair_hash)
+            if order.position_index >= 0:
+                record = <const char*>&self.positions[order.position_index]
                 PT_PREFETCH(record)
                 PT_PREFETCH(record + CACHE_LINE)
 
+    cdef void prefetch_working_orders(self, const OrderTicket* order) noexcept nogil:
+        """Start loading the first working order of a nearer order's pair (its position
+        record was prefetched earlier): the self-match check walks that list."""
+        cdef int32_t slot
+        if order.position_index >= 0:
+            slot = self.positions[order.position_index].first_order
+            if slot >= 0:
+                PT_PREFETCH(&self.orders[slot])
+
     # -- account x symbol positions -----------------------------------------------------
-    cdef Py_ssize_t find_position(self, int64_t pair_key) noexcept nogil:
+    cdef Py_ssize_t find_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil:
         cdef uint64_t mask = self.position_table_mask
-        cdef uint64_t probe = mix64(<uint64_t>pair_key) & mask
+        cdef uint64_t probe = pair_hash & mask
         cdef PositionSlot* entry
         while True:
             entry = &self.position_table[probe]
@@ -1400,10 +1406,10 @@ cdef class Kernel:
                 return -1
             probe = (probe + 1) & mask
 
-    cdef Py_ssize_t add_position(self, int64_t pair_key) noexcept nogil:
+    cdef Py_ssize_t add_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil:
         """Insert a pair the table does not hold (capacity was checked by the caller)."""
         cdef uint64_t mask = self.position_table_mask
-        cdef uint64_t probe = mix64(<uint64_t>pair_key) & mask
+        cdef uint64_t probe = pair_hash & mask
         cdef Py_ssize_t index = self.n_positions
         cdef PositionState* pos = &self.positions[index]
         while self.position_table[probe].key >= 0:
@@ -1415,16 +1421,16 @@ cdef class Kernel:
         return index
 
     # -- client order ids ---------------------------------------------------------------
-    cdef bint remembers(self, int64_t client_order_key) noexcept nogil:
+    cdef bint remembers(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil:
         cdef uint64_t mask = self.remembered_set_mask
-        cdef uint64_t probe = mix64(<uint64_t>client_order_key) & mask
+        cdef uint64_t probe = key_hash & mask
         while self.remembered_set[probe].used:
             if self.remembered_set[probe].key == client_order_key:
                 return True
             probe = (probe + 1) & mask
         return False
 
-    cdef void remember(self, int64_t client_order_key) noexcept nogil:
+    cdef void remember(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil:
         """Remember an accepted key (never already remembered), forgetting the oldest one
         when the memory is full."""
         cdef Py_ssize_t memory = self.client_order_id_memory
@@ -1442,7 +1448,7 @@ cdef class Kernel:
             newest -= memory
         self.remembered_ring[newest] = client_order_key
         self.remembered_count += 1
-        probe = mix64(<uint64_t>client_order_key) & mask
+        probe = key_hash & mask
         while self.remembered_set[probe].used:
             probe = (probe + 1) & mask
         self.remembered_set[probe].key = client_order_key
@@ -1600,7 +1606,7 @@ cdef class Kernel:
         cdef uint64_t working_sell = 0
         if 0 <= account_id < MAX_INDEXED_ID and 0 <= symbol_id < MAX_INDEXED_ID:
             self.lock_state()
-            index = self.find_position(account_id << 32 | symbol_id)
+            index = self.find_position(account_id << 32 | symbol_id, mix64(<uint64_t>(account_id << 32 | symbol_id)))
             if index >= 0:
                 position = self.positions[index].position
                 working_buy = self.positions[index].working_buy

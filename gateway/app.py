@@ -54,6 +54,8 @@ from gateway.servicer import (
 )
 from gateway.validation import RequestValidator
 from halts.follower import HaltFollower
+from ledger.runtime import LedgerRuntime
+from ledger.service import LEDGER_METHOD_ROLES, LEDGER_SERVICE_NAME, add_ledger_service
 from halts.manager import HaltManager
 from halts.servicer import HALT_METHOD_ROLES, HALT_SERVICE_NAME, add_halt_service
 from halts.store import HaltStore
@@ -113,6 +115,7 @@ class GatewayApp:
         self._halt_manager_nc = None
         self.halt_follower: HaltFollower | None = None
         self.halt_manager: HaltManager | None = None
+        self.ledger: LedgerRuntime | None = None
         self._background: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
@@ -169,6 +172,14 @@ class GatewayApp:
             hosted = []
             if config.host_halt_manager:
                 hosted.append(await self._start_halt_manager())
+            if config.host_ledger:
+                self.ledger = LedgerRuntime(config.data_dir)
+                reader = self.ledger.reader
+                hosted.append(
+                    HostedService(
+                        LEDGER_SERVICE_NAME, LEDGER_METHOD_ROLES, lambda server: add_ledger_service(server, reader)
+                    )
+                )
             self.gate.halt_state_available = False  # until the follower has loaded it
             await set_health(self.health, serving=False)
             self._server, self.port = create_server(
@@ -185,6 +196,8 @@ class GatewayApp:
                 self._metrics_http = MetricsHttpServer(self.metrics, config.metrics_listen)
                 self.metrics_port = self._metrics_http.port
             await self._publisher.start(self.nats_url)
+            if self.ledger is not None:
+                await self.ledger.start(self.nats_url)
             await self._event_publisher.start(self.nats_url)
             self._background.append(
                 asyncio.create_task(self._subscribe_marketdata(), name="marketdata-connect")
@@ -373,6 +386,8 @@ class GatewayApp:
             await self._event_publisher.stop(config.publish_flush_timeout_s)
         if self._event_outbox is not None:
             self._event_outbox.close()
+        if self.ledger is not None:  # after the publishers flushed: ingest what they sent
+            await self.ledger.stop()
         if self._embedded_nats is not None:
             await self._embedded_nats.stop()
         if self._metrics_http is not None:

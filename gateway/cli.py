@@ -112,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
-        "up", parents=[common], help="run the whole system (embedded NATS + gateway + halt manager)"
+        "up",
+        parents=[common],
+        help="run the whole system (embedded NATS, gateway, halt manager, ledger, watchdogs)",
     )
     _server_options(up)
     up.add_argument(
         "--watchdogs",
         help="watchdog configuration (TOML, see examples/watchdogs.toml; default: every watchdog at its defaults)",
     )
-    up.set_defaults(handler=_cmd_up, host_halt_manager=True)
+    up.set_defaults(handler=_cmd_up, host_halt_manager=True, host_ledger=True)
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway only")
     _server_options(serve)
@@ -163,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # imported here: halts.cli builds on this module (CommandError, shared options)
     import halts.cli
+    import ledger.cli
     import watchdogs.cli
 
     halts.cli.register(commands, common)
+    ledger.cli.register(commands)
     watchdogs.cli.register(commands, common)
     return parser
 
@@ -193,6 +197,7 @@ def _gateway_config(args, nats_url: str | None, tokens_path: str):
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_open_streams=args.max_open_streams,
         host_halt_manager=getattr(args, "host_halt_manager", False),
+        host_ledger=getattr(args, "host_ledger", False),
     )
 
 
@@ -468,6 +473,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from gateway.outbox import OutboxError
     from gateway.server import ListenError
     from gateway.subjects import InvalidSubjectTokenError
+    from ledger.cli import known_errors as ledger_known_errors
 
     return (
         CommandError,
@@ -481,6 +487,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ListenError,
         InvalidSubjectTokenError,
         KernelNotBuiltError,
+        *ledger_known_errors(),
     )
 
 
@@ -511,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pretrade: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`pretrade ... | head`): not an error; keep Python from
+        # complaining again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - every error becomes one line, never a traceback
         logging.getLogger("pretrade.cli").debug("command failed", exc_info=True)
         print(f"pretrade: error: {_one_line(_error_message(exc))}", file=sys.stderr)

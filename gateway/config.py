@@ -90,6 +90,9 @@ class GatewayConfig:
     #: Run the halt manager and serve HaltService on this gateway's port (``pretrade up``).
     #: Every gateway follows the halt state either way.
     host_halt_manager: bool = False
+    #: Run the ledger ingest worker in this process and serve LedgerService on this port
+    #: (``pretrade up``; at production order rates run ``pretrade ledger run`` apart).
+    host_ledger: bool = False
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")

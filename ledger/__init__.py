@@ -5,6 +5,13 @@
   and proofs at any size, streaming full verification.
 - ``ledger.checkpoint``: checkpoints as C2SP signed notes with Ed25519 keys.
 - ``ledger.errors``: one exception class per condition, all under :class:`LedgerError`.
+- ``ledger.entries``: the canonical entry encoding (docs/ledger.md) and lifecycle names.
+- ``ledger.index``: lookup indexes, de-duplication and ingest positions beside the tree.
+- ``ledger.ingest``: the ingest worker (JetStream -> LMDB, exactly once, checkpoints).
+- ``ledger.reader``, ``ledger.explain``: entries, proofs, checkpoints, ExplainOrder.
+- ``ledger.service``: the LedgerService gRPC servicer; ``ledger.runtime``: all of it running.
+- ``ledger.pack``: evidence packs (export, verify-pack); ``ledger.cli``: ``pretrade ledger``.
+- ``ledger.layout``: files under the data dir, signing keys.
 """
 
 from ledger.checkpoint import (

@@ -194,10 +194,6 @@ class DecodedEntry:
         return self.entry[ENTRY_HEADER_SIZE_BYTES:]
 
     @property
-    def identity(self) -> bytes:
-        return identity_key(self.kind, self.message)
-
-    @property
     def event_ns(self) -> int:
         return event_time_ns(self.kind, self.message)
 

@@ -1,7 +1,7 @@
 """ExplainOrder: everything the ledger holds about one order, and what it means.
 
 For ``(account, client_order_id)`` the ``by_order`` index gives the trail: the decision(s)
-and the execution reports, in ledger order. Each step carries its entry, and its inclusion
+and the execution reports, in event-time order. Each step carries its entry, and its inclusion
 proof against the latest checkpoint (when the checkpoint covers it). Each decision also
 gets its circumstances, all from the ledger:
 
@@ -46,8 +46,10 @@ def explain_order(reader: LedgerReader, account: str, client_order_id: str) -> l
     if latest is not None:
         explanation.checkpoint.CopyFrom(reader.signed_checkpoint(latest))
     context = _ScopeHistory(reader)
-    for index in indices:
-        decoded = reader.decoded(index)
+    # Streams interleave at ingest, so ledger order is not causal order (a fill can be
+    # ingested before its decision): the trail follows event time, then ledger index.
+    trail = sorted(((reader.decoded(index), index) for index in indices), key=lambda pair: (pair[0].event_ns, pair[1]))
+    for decoded, index in trail:
         step = explanation.trail.add()
         step.entry.CopyFrom(to_proto(index, decoded, reader.store.leaf_hash(index)))
         if latest is not None and index < latest.checkpoint.tree_size:

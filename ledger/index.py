@@ -23,7 +23,7 @@ A readonly reader opened before the writer first created them sees them as empty
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import lmdb
 

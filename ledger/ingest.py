@@ -38,10 +38,12 @@ Checkpoints. After ``checkpoint_every_entries`` new entries, or ``checkpoint_int
 after the last checkpoint when there are new entries, the committer stores a checkpoint
 (signed when the ledger has a signer) and publishes its note on
 ``pretrade.v1.ledger.checkpoint`` (core NATS; the ledger keeps every checkpoint itself).
+Stopping checkpoints whatever is not covered yet.
 
-Lag. ``lag()`` reports, per source, the messages JetStream holds that are not committed
-yet (the consumer's pending count at the last fetch plus what is fetched but uncommitted)
-and the wall-clock age of the newest committed message; ``consumer_lag()`` asks the server.
+Lag. ``lag()`` reports, per source, the messages not committed yet (the server's pending
+count at the last batch taken, plus what is received but uncommitted) and the wall-clock
+age of the newest committed message when it was committed; ``consumer_lag()`` asks the
+server (pending plus unacknowledged).
 
 Failure. If a commit fails (disk full, LMDB error) nothing of that batch is acknowledged
 and the worker stops (``run()`` raises): a ledger that cannot write must not pretend to
@@ -275,16 +277,20 @@ class LedgerWriter:
             positions[source.name] = max(positions.get(source.name, 0), batch.last_stream_sequence)
             for payload in batch.payloads:
                 try:
-                    decoded = indexed_entry(source.kind, payload)
+                    indexed = indexed_entry(source.kind, payload)
                 except EntryFormatError as exc:
                     malformed += 1
-                    log.warning("%s: a message up to sequence %d is not a valid entry, skipped: %s",
-                                source.stream, batch.last_stream_sequence, exc)
+                    log.warning(
+                        "%s: a message up to sequence %d is not a valid entry, skipped: %s",
+                        source.stream,
+                        batch.last_stream_sequence,
+                        exc,
+                    )
                     continue
-                earlier = candidates.get(decoded.identity)
+                earlier = candidates.get(indexed.identity)
                 if earlier is None:
-                    candidates[decoded.identity] = decoded
-                elif self._is_same(decoded, earlier.entry, "an earlier message of the batch"):
+                    candidates[indexed.identity] = indexed
+                elif self._is_same(indexed, earlier.entry, "an earlier message of the batch"):
                     duplicates += 1
                 else:
                     conflicts += 1
@@ -297,7 +303,7 @@ class LedgerWriter:
                 conflicts += 1
         new_entries = list(candidates.values())
         first_index = self.store.append_batch(
-            [decoded.entry for decoded in new_entries], also_write=self.indexes.writer(new_entries, positions)
+            [indexed.entry for indexed in new_entries], also_write=self.indexes.writer(new_entries, positions)
         )
         self._positions = positions
         counters = self.counters
@@ -309,14 +315,14 @@ class LedgerWriter:
         return CommitResult(first_index, len(new_entries), duplicates, malformed, conflicts)
 
     @staticmethod
-    def _is_same(decoded: IndexedEntry, stored_entry: bytes, where: str) -> bool:
+    def _is_same(indexed: IndexedEntry, stored_entry: bytes, where: str) -> bool:
         """Whether a repeated identity is a true duplicate; logs a conflict if not."""
-        if decoded.entry == stored_entry:
+        if indexed.entry == stored_entry:
             return True
         log.error(
             "identity %r arrived with different bytes than %s: kept out (was the gateway's outbox "
             "reset under the same gateway id?)",
-            decoded.identity,
+            indexed.identity,
             where,
         )
         return False
@@ -327,14 +333,16 @@ class LedgerWriter:
             return None
         return max(0, self._checkpointed_ms + self._checkpoint_interval_ms - self._clock_ms())
 
-    def checkpoint_if_due(self) -> StoredCheckpoint | None:
-        """Create a checkpoint if enough entries or enough time passed (module docstring)."""
+    def checkpoint_if_due(self, *, now: bool = False) -> StoredCheckpoint | None:
+        """Create a checkpoint if enough entries or enough time passed (module docstring),
+        or with ``now`` whenever there are uncheckpointed entries (at shutdown)."""
         size = self.store.size()
         if size == self._checkpointed_size:
             return None
         now_ms = self._clock_ms()
         if (
-            size - self._checkpointed_size < self._checkpoint_every_entries
+            not now
+            and size - self._checkpointed_size < self._checkpoint_every_entries
             and now_ms - self._checkpointed_ms < self._checkpoint_interval_ms
         ):
             return None
@@ -346,11 +354,11 @@ class LedgerWriter:
 
 
 STATUS_HEADER = "Status"
-#: Pull-request status codes (JetStream): idle heartbeat; request over (nothing now, or
-#: expired); consumer trouble (deleted, leadership change, limits), which re-subscribes.
+#: Pull-request status codes (JetStream): an idle heartbeat, and a request that is over
+#: (nothing to deliver now, or expired). Any other status (409: consumer deleted,
+#: leadership change, limits; 503: no JetStream) re-creates the consumer.
 _STATUS_HEARTBEAT = "100"
 _STATUS_REQUEST_ENDED = frozenset(("404", "408"))
-_STATUS_CONSUMER_TROUBLE = "409"
 
 
 class _PullConsumer:
@@ -439,7 +447,12 @@ class _PullConsumer:
         ):
             self._owed.append(self._batch_max)
             self._owed_total += self._batch_max
-            await self._nc.publish(self._request_subject, self._request, reply=self._inbox)
+            try:
+                await self._nc.publish(self._request_subject, self._request, reply=self._inbox)
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("%s consumer: pull request failed (%s); re-creating it", self.source.stream, exc)
+                self.broken.set()
+                return
 
     def take(self, limit: int) -> list[Msg]:
         """Up to ``limit`` buffered messages, oldest first, handed to the committer."""
@@ -566,6 +579,12 @@ class LedgerIngestWorker:
         for consumer in self._consumers.values():
             await consumer.stop()
         self._consumers.clear()
+        if self._failure is None and self._nc is not None:
+            # Cover the last entries: a stopped ledger should not leave them unprovable
+            # until the next start.
+            checkpoint = await asyncio.to_thread(self.writer.checkpoint_if_due, now=True)
+            if checkpoint is not None and self._nc.is_connected:
+                await self._publish_checkpoint(checkpoint)
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.close(), self._retry_interval_s * 2)
@@ -664,7 +683,10 @@ class LedgerIngestWorker:
         (every pull request ends with messages or a status within its expiry)."""
         while not consumer.broken.is_set():
             try:
-                await asyncio.wait_for(consumer.broken.wait(), self._pull_expires_s)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that
+                # coincides with the wait ending (Python 3.11), and stop() would hang.
+                async with asyncio.timeout(self._pull_expires_s):
+                    await consumer.broken.wait()
             except TimeoutError:
                 silent_s = time.monotonic() - consumer.last_heard
                 if consumer.awaiting_requested and silent_s > 2 * self._pull_expires_s:
@@ -728,7 +750,8 @@ class LedgerIngestWorker:
             while True:
                 due_ms = writer.checkpoint_due_in_ms()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), None if due_ms is None else due_ms / 1000)
+                    async with asyncio.timeout(None if due_ms is None else due_ms / 1000):  # see _supervise
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 self._wake.clear()

@@ -360,9 +360,8 @@ class LedgerStore:
         if database is not None:
             return database
         if self._readonly:
-            try:
-                with self._read_txn() as txn:
-                    database = self._env.open_db(name, txn=txn, create=False)
+            try:  # py-lmdb opens it in a transaction it commits: the handle outlives it
+                database = self._env.open_db(name, create=False)
             except lmdb.NotFoundError:
                 return None
         else:

@@ -309,8 +309,8 @@ def test_check_batch_equals_single_checks():
     accounts = rng.integers(-1, 3, n).astype(np.int32)
     symbols = rng.integers(0, 3, n).astype(np.int32)
     strategies = rng.integers(0, 2, n).astype(np.int32)
-    sides = rng.integers(0, 4, n).astype(np.int8)
-    types = rng.choice(np.array([1, 1, 1, 2, 0], np.int8), n)
+    sides = rng.integers(-1, 5, n).astype(np.int8)  # negative int8 values stay negative
+    types = rng.choice(np.array([1, 1, 1, 2, 0, -1], np.int8), n)
     qtys = rng.integers(1, 8, n) * qty(10)
     prices = px(100) + rng.integers(-40, 40, n) * px("0.25")
     keys = rng.integers(0, 200, n).astype(np.int64)  # repeats: duplicate ids happen

@@ -27,3 +27,16 @@ def canonical_sha256_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="module")
 def canonical_blake3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerStore]:
     yield from _canonical_store(tmp_path_factory, "blake3")
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A real nats-server with JetStream for the ingest tests (see tests/gateway/conftest.py)."""
+    from tests.gateway.conftest import NatsServerHandle
+
+    handle = NatsServerHandle(tmp_path / "nats-data")
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
