@@ -24,10 +24,6 @@ DECISIONS_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.decisions"
 #: The subjects the decisions stream captures: every gateway's decisions.
 DECISIONS_STREAM_SUBJECTS = (f"{DECISIONS_SUBJECT_PREFIX}.>",)
 
-EXECUTIONS_STREAM = "PRETRADE_EXECUTIONS"
-EXECUTIONS_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.executions"
-EXECUTIONS_STREAM_SUBJECTS = (f"{EXECUTIONS_SUBJECT_PREFIX}.>",)
-
 #: Gateway events for the ledger: execution reports applied, rules loaded.
 EVENTS_STREAM = "PRETRADE_EVENTS"
 EVENTS_SUBJECT_PREFIX = f"{SUBJECT_ROOT}.events"
@@ -69,11 +65,6 @@ def validate_gateway_id(gateway_id: str) -> str:
 def decisions_subject(gateway_id: str) -> str:
     """``pretrade.v1.decisions.<gateway_id>``: where one gateway publishes its decisions."""
     return f"{DECISIONS_SUBJECT_PREFIX}.{validate_gateway_id(gateway_id)}"
-
-
-def executions_subject(gateway_id: str) -> str:
-    """``pretrade.v1.executions.<gateway_id>``: execution reports for one gateway's orders."""
-    return f"{EXECUTIONS_SUBJECT_PREFIX}.{validate_gateway_id(gateway_id)}"
 
 
 def events_subject(gateway_id: str) -> str:
