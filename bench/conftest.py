@@ -1,10 +1,8 @@
-"""Benchmark plumbing: collect ``bench_*.py`` files and print the fast-path figures.
+"""Benchmark plumbing: the fast-path figures, printed as one table at the end of a run.
 
-``pyproject.toml`` collects ``test_*.py`` under ``tests/``; benchmarks live in ``bench/``
-as ``bench_*.py`` so that the test suite never runs them by accident, and this hook
-collects them when ``bench`` is given to pytest (``make bench``). The figures the
-benchmarks record in the ``fastpath_figures`` fixture are printed as one table at the
-end of the run, so the kernel / reference ratio is read off a single run.
+The benchmarks record their figures in the ``fastpath_figures`` fixture, so the kernel /
+reference ratio and the per-order costs are read off a single run, whatever the capture
+settings. (``pyproject.toml`` collects ``bench_*.py`` files.)
 """
 
 from __future__ import annotations
@@ -12,13 +10,6 @@ from __future__ import annotations
 import pytest
 
 _FIGURES = pytest.StashKey[dict]()
-
-
-def pytest_collect_file(file_path, parent):
-    # Paths named on the command line are collected by pytest itself, whatever their name.
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
-        return pytest.Module.from_parent(parent, path=file_path)
-    return None
 
 
 @pytest.fixture(scope="session")

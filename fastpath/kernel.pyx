@@ -13,7 +13,9 @@ drives both and compares every decision, detail and state reader. What differs i
 * all arithmetic is integer and exact, with ``__int128`` intermediates; every value
   reported in a detail saturates to int64 exactly as ``fixedpoint.saturate`` does;
 * the per-order core (:meth:`Kernel.decide`) touches no Python object and runs without the
-  GIL; :meth:`Kernel.check_batch` runs a whole batch in it with the GIL released.
+  GIL; :meth:`Kernel.check_batch` runs a whole batch in it with the GIL released, as a
+  software pipeline that prefetches the records of the orders ahead (at 10 000 accounts
+  and symbols most of them are cache misses, and hiding those more than halves the cost).
 """
 
 cimport cython

@@ -45,6 +45,13 @@ count at the last batch taken, plus what is received but uncommitted) and the wa
 age of the newest committed message when it was committed; ``consumer_lag()`` asks the
 server (pending plus unacknowledged).
 
+Health. Every ``health_interval_s`` (``ledger.health``, default 5 s) the worker publishes
+``ledger_lag_s`` (age of the oldest message not committed yet) and ``ledger_verified`` (1.0
+when an incremental verify of the entries appended since the last verified index passed,
+0.0 when it failed; the verify runs in a thread with its own read transaction) as FIRM
+``StrategyMetric`` messages on ``pretrade.v1.metrics.strategy.firm``, for ``db_watchdog``.
+A failure to measure or publish is logged and never stops ingest.
+
 Failure. If a commit fails (disk full, LMDB error) nothing of that batch is acknowledged
 and the worker stops (``run()`` raises): a ledger that cannot write must not pretend to
 ingest. Restarting resumes from what is committed.
@@ -80,6 +87,15 @@ from halts.subjects import EVENTS_STREAM as HALT_EVENTS_STREAM
 from halts.subjects import EVENTS_SUBJECT_WILDCARD as HALT_EVENTS_SUBJECTS
 from ledger.entries import EntryKind
 from ledger.errors import EntryFormatError, LedgerLockedError
+from ledger.health import (
+    DEFAULT_HEALTH_INTERVAL_S,
+    HEALTH_QUERY_TIMEOUT_S,
+    HEALTH_SUBJECT,
+    METRIC_LEDGER_LAG_S,
+    METRIC_LEDGER_VERIFIED,
+    TailVerifier,
+    health_metric,
+)
 from ledger.index import IndexedEntry, LedgerIndexes, indexed_entry
 from ledger.checkpoint import NoteSigner
 from ledger.merkle import DEFAULT_HASH_NAME
@@ -507,9 +523,13 @@ class LedgerIngestWorker:
         ack_wait_s: float = DEFAULT_ACK_WAIT_S,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
         client_name: str = "pretrade-ledger",
+        health_interval_s: float | None = DEFAULT_HEALTH_INTERVAL_S,
+        health_verify_from: int | None = None,
     ) -> None:
         if max_uncommitted < 2 * fetch_batch_max:
             raise ValueError("max_uncommitted must be at least twice fetch_batch_max")
+        if health_interval_s is not None and health_interval_s < 0:
+            raise ValueError("health_interval_s must be >= 0 (0 or None: no health metrics)")
         self.writer = writer
         self.sources = tuple(sources)
         self._fetch_batch_max = fetch_batch_max
@@ -528,6 +548,11 @@ class LedgerIngestWorker:
         self._failure: BaseException | None = None
         self._stopped = asyncio.Event()
         self._connected = asyncio.Event()
+        self._health_interval_s = health_interval_s or None
+        #: The incremental verifier behind ``ledger_verified`` (None: health is off).
+        self.verifier = TailVerifier(writer.store, health_verify_from) if self._health_interval_s else None
+        self._verify_work: asyncio.Future | None = None
+        self.health_published = 0  # metric messages published
 
     @property
     def counters(self) -> IngestCounters:
@@ -576,6 +601,7 @@ class LedgerIngestWorker:
             await asyncio.wait([work])
             if not work.cancelled():
                 work.exception()  # retrieved: the commit loop already reported it
+        await self._stop_verify()
         for consumer in self._consumers.values():
             await consumer.stop()
         self._consumers.clear()
@@ -633,6 +659,8 @@ class LedgerIngestWorker:
         self._connected.set()
         log.info("ledger ingest connected to %s", self._nc.connected_url.netloc if self._nc.connected_url else servers)
         self._tasks.append(asyncio.create_task(self._commit_loop(), name="ledger-commit"))
+        if self._health_interval_s:
+            self._tasks.append(asyncio.create_task(self._health_loop(), name="ledger-health"))
         for source in self.sources:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=f"ledger-source-{source.name}"))
 
@@ -819,3 +847,81 @@ class LedgerIngestWorker:
             await self._nc.publish(LEDGER_CHECKPOINT_SUBJECT, checkpoint.note.encode("utf-8"))
         except (nats.errors.Error, OSError) as exc:
             log.warning("checkpoint at size %d not published: %s", checkpoint.checkpoint.tree_size, exc)
+
+    # --- health (ledger.health) ---------------------------------------------------------------
+
+    async def oldest_pending_age_s(self, now_ns: int | None = None) -> float:
+        """``ledger_lag_s``: over the sources, the largest age (seconds, by JetStream's
+        timestamp) of the first message after the committed position that matches the
+        source's filter; 0 when every source is caught up (or its stream does not exist).
+        Raises the NATS error (or TimeoutError) when JetStream does not answer."""
+        if self._nc is None:
+            raise nats.errors.ConnectionClosedError()
+        js = self._nc.jetstream(timeout=HEALTH_QUERY_TIMEOUT_S)
+        now_ns = time.time_ns() if now_ns is None else now_ns
+
+        async def age_s(source: IngestSource) -> float:
+            try:
+                message = await js.get_msg(
+                    source.stream, seq=self.writer.position(source.name) + 1, subject=source.filter_subject, next=True
+                )
+            except nats.js.errors.NotFoundError:  # nothing after the position, or no stream
+                return 0.0
+            if message.time is None:
+                return 0.0
+            return max(0.0, (now_ns - int(message.time.timestamp() * 1e9)) / 1e9)
+
+        ages = await asyncio.gather(*(age_s(source) for source in self.sources))
+        return max(ages, default=0.0)
+
+    async def _health_loop(self) -> None:
+        """Publish the health metrics every interval, the first right after connecting."""
+        interval_s = self._health_interval_s
+        next_tick = time.monotonic()
+        while True:
+            try:
+                await self._publish_health(interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let health stop ingest
+                log.warning("ledger health not published: %s: %s", type(exc).__name__, exc)
+            next_tick += interval_s
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            next_tick = max(next_tick, time.monotonic() - interval_s)  # no burst after a stall
+
+    async def _publish_health(self, interval_s: float) -> None:
+        verifier = self.verifier
+        work = self._verify_work
+        if (work is None or work.done()) and verifier.due():
+            self._verify_work = work = asyncio.ensure_future(asyncio.to_thread(verifier.run))
+        try:
+            lag_s = await self.oldest_pending_age_s()
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
+            lag_s = None
+            log.warning("ledger_lag_s not measured: %s: %s", type(exc).__name__, exc)
+        if work is not None and not work.done():  # usually a short tail: publish its result now
+            await asyncio.wait([work], timeout=interval_s / 2)
+        if work is not None and work.done() and not work.cancelled() and work.exception() is not None:
+            log.warning("ledger verification did not run: %s", work.exception())
+        if lag_s is not None:
+            await self._publish_metric(METRIC_LEDGER_LAG_S, lag_s)
+        if verifier.passed is not None:
+            await self._publish_metric(METRIC_LEDGER_VERIFIED, 1.0 if verifier.passed else 0.0)
+
+    async def _publish_metric(self, metric: str, value: float) -> None:
+        try:
+            await self._nc.publish(HEALTH_SUBJECT, health_metric(metric, value, time.time_ns()))
+            self.health_published += 1
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("%s = %g not published: %s: %s", metric, value, type(exc).__name__, exc)
+
+    async def _stop_verify(self) -> None:
+        """Stop a verify pass in progress (at its next chunk) and wait for it: the store
+        must outlive its read transaction."""
+        work, self._verify_work = self._verify_work, None
+        if work is None:
+            return
+        self.verifier.cancel()
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved (VerifyCancelled, or already logged)

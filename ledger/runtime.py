@@ -13,12 +13,19 @@ In-process trade-off: ingest shares the interpreter, and so the GIL, with the or
 its commits run in a worker thread and release the GIL during LMDB's fsync, but decoding
 and hashing do not. At full order rate, run ``pretrade ledger run`` as a separate process
 (the LMDB file then has one writer there and any number of readers elsewhere).
+
+Health. The worker publishes ``ledger_lag_s`` and ``ledger_verified`` for db_watchdog
+(``ledger.health``) every ``health_interval_s``: the argument, else
+``$PRETRADE_LEDGER_HEALTH_INTERVAL_S``, else ``DEFAULT_HEALTH_INTERVAL_S`` (5 s); 0 turns
+it off.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+
+from ledger.health import DEFAULT_HEALTH_INTERVAL_S, HEALTH_INTERVAL_ENV
 
 from ledger.checkpoint import NoteSigner, NoteVerifier
 from ledger.ingest import DEFAULT_ORIGIN, LedgerIngestWorker, LedgerWriter
@@ -33,7 +40,8 @@ class LedgerRuntime:
     ``signer``/``verifier`` default to the data dir's key files (``ledger.layout``), so a
     ledger signs its checkpoints as soon as ``pretrade ledger keygen`` has run.
     ``writer_options`` go to :class:`LedgerWriter` (checkpoint policy, origin) and
-    ``worker_options`` to :class:`LedgerIngestWorker` (sources, batch sizes).
+    ``worker_options`` to :class:`LedgerIngestWorker` (sources, batch sizes, and
+    ``health_verify_from``). ``health_interval_s``: see the module docstring.
     """
 
     def __init__(
@@ -46,7 +54,10 @@ class LedgerRuntime:
         verifier: NoteVerifier | None = None,
         writer_options: dict[str, object] | None = None,
         worker_options: dict[str, object] | None = None,
+        health_interval_s: float | None = None,
     ) -> None:
+        worker_options = dict(worker_options or {})
+        worker_options.setdefault("health_interval_s", health_interval(health_interval_s))  # before the lock
         signer = signer if signer is not None else configured_signer(data_dir)
         if verifier is None:
             verifier = signer.verifier() if signer is not None else configured_verifier(data_dir)
@@ -55,7 +66,7 @@ class LedgerRuntime:
             self.path, signer=signer, hash_name=hash_name, origin=origin, **(writer_options or {})
         )
         self.reader = LedgerReader(self.writer.store, verifier)
-        self.worker = LedgerIngestWorker(self.writer, **(worker_options or {}))
+        self.worker = LedgerIngestWorker(self.writer, **worker_options)
         self.signed = signer is not None
         self._closed = False
 
@@ -79,3 +90,23 @@ class LedgerRuntime:
         if not self._closed:
             self._closed = True
             self.writer.close()
+
+
+def health_interval(configured: float | None = None) -> float:
+    """The health interval in seconds: ``configured``, else ``$PRETRADE_LEDGER_HEALTH_INTERVAL_S``,
+    else :data:`DEFAULT_HEALTH_INTERVAL_S`; 0 means off. A bad environment value is a
+    ``ValueError`` naming the variable."""
+    if configured is not None:
+        if not configured >= 0:
+            raise ValueError(f"health_interval_s {configured!r} must be >= 0 (0: off)")
+        return configured
+    text = os.environ.get(HEALTH_INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_HEALTH_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{HEALTH_INTERVAL_ENV}={text!r}: a number of seconds (0: off)") from None
+    if not value >= 0:
+        raise ValueError(f"{HEALTH_INTERVAL_ENV}={text!r}: must be >= 0 (0: off)")
+    return value
