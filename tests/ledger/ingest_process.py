@@ -18,8 +18,15 @@ from ledger.ingest import LedgerIngestWorker
 from ledger.runtime import LedgerRuntime
 from tests.ledger.ingest_harness import FAST_WORKER
 
-#: Bigger pulls than the other tests, so that kills land in commits of many entries.
-CRASH_TEST_WORKER = {**FAST_WORKER, "fetch_batch_max": 500, "max_uncommitted": 5_000}
+#: Bigger pulls than the other tests, so that kills land in commits of many entries; each
+#: commit holds at most 1 000, so a worker dying after two commits has always left part of
+#: a 5 000-message stream unacknowledged, however fast the machine.
+CRASH_TEST_WORKER = {
+    **FAST_WORKER,
+    "fetch_batch_max": 500,
+    "max_uncommitted": 5_000,
+    "commit_batch_max_entries": 1_000,
+}
 
 
 def die_after_commits(count: int) -> None:
