@@ -16,7 +16,7 @@ install: $(STAMP) build
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fix]'
 	touch $@
 
 # Recompile the kernels and regenerate protobuf code when their sources change.

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_new.set_defaults(handler=_cmd_token_new)
 
     # imported here: halts.cli builds on this module (CommandError, shared options)
+    import clients.adapters.fix.cli
+    import clients.adapters.mt5.cli
     import halts.cli
     import ledger.cli
     import watchdogs.cli
@@ -171,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     halts.cli.register(commands, common)
     ledger.cli.register(commands)
     watchdogs.cli.register(commands, common)
+    clients.adapters.fix.cli.register(commands, common)
+    clients.adapters.mt5.cli.register(commands, common)
     return parser
 
 

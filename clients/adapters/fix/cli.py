@@ -1,0 +1,50 @@
+"""``pretrade fix run --config FILE``: run the FIX adapter (needs ``pretrade[fix]``).
+
+Register with ``clients.adapters.fix.cli.register(subparsers, common)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
+    parents = [common] if common is not None else []
+    fix = subparsers.add_parser("fix", help="FIX 4.4 adapter (QuickFIX)")
+    commands = fix.add_subparsers(dest="fix_command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", parents=parents, help="run the FIX adapter")
+    run.add_argument("--config", required=True, help="adapter configuration (TOML, see examples/fix/)")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args) -> int:
+    import asyncio
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        from clients.adapters.fix.adapter import FixAdapter
+    except ImportError:
+        print("pretrade fix: error: the quickfix package is missing: pip install 'pretrade[fix]'", file=sys.stderr)
+        return 2
+    from clients.adapters.fix.config import FixConfigError, load_fix_config
+
+    try:
+        config = load_fix_config(args.config)
+    except FixConfigError as exc:
+        print(f"pretrade fix: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "token", None):
+        config.token = args.token
+    if not config.token:
+        print("pretrade fix: error: no token: set gateway.token, --token or $PRETRADE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(FixAdapter(config).run_forever())
+    except KeyboardInterrupt:
+        return 130
+    return 0

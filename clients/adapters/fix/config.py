@@ -1,0 +1,52 @@
+"""The FIX adapter's own configuration (TOML) naming the two QuickFIX settings files.
+
+    [gateway]
+    target = "127.0.0.1:50051"
+    token_env = "PRETRADE_TOKEN"      # or token = "..."
+    decision_timeout_ms = 2000
+
+    [fix]
+    acceptor = "acceptor.cfg"         # QuickFIX settings of the client sessions (relative to this file)
+    initiator = "initiator.cfg"       # QuickFIX settings of the venue session (its first session)
+    default_account = ""              # Account(1) for orders that carry none
+    log_dir = ""                      # QuickFIX message logs; default: FileLogPath of the settings
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+
+class FixConfigError(ValueError):
+    pass
+
+
+def load_fix_config(path: str | Path):
+    from clients.adapters.fix.adapter import FixAdapterConfig
+
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FixConfigError(f"{path}: {exc}") from None
+    gateway = document.get("gateway", {})
+    section = document.get("fix", {})
+    for key in ("acceptor", "initiator"):
+        if not section.get(key):
+            raise FixConfigError(f"{path}: fix.{key}: a QuickFIX settings file is required")
+
+    def resolve(name: str) -> Path:
+        candidate = Path(name)
+        return candidate if candidate.is_absolute() else path.parent / candidate
+
+    return FixAdapterConfig(
+        acceptor_settings=resolve(section["acceptor"]),
+        initiator_settings=resolve(section["initiator"]),
+        target=gateway.get("target", "127.0.0.1:50051"),
+        token=gateway.get("token") or os.environ.get(gateway.get("token_env", "PRETRADE_TOKEN")),
+        decision_timeout_s=gateway.get("decision_timeout_ms", 2000) / 1000,
+        default_account=section.get("default_account", ""),
+        log_dir=resolve(section["log_dir"]) if section.get("log_dir") else None,
+    )

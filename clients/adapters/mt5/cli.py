@@ -1,0 +1,65 @@
+"""``pretrade mt5 run --config FILE``: run the MT5 bridge.
+
+Register with ``clients.adapters.mt5.cli.register(subparsers, common)`` (as gateway/cli.py
+does for halts.cli). ``--target``/``--token`` of the common options override the file's
+``bridge.target``/``bridge.token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+
+def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
+    parents = [common] if common is not None else []
+    mt5 = subparsers.add_parser("mt5", help="MetaTrader 5 bridge")
+    mt5_commands = mt5.add_subparsers(dest="mt5_command", required=True, metavar="COMMAND")
+    run = mt5_commands.add_parser("run", parents=parents, help="run the MT5 bridge")
+    run.add_argument("--config", required=True, help="bridge configuration (TOML, see docs/adapters.md)")
+    run.add_argument("--listen", help="override bridge.listen (host:port)")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.set_defaults(handler=cmd_run)
+
+
+def build_config(args):
+    from clients.adapters.mt5.config import load_config
+
+    config = load_config(args.config)
+    overrides = {}
+    if getattr(args, "listen", None):
+        overrides["listen"] = args.listen
+    token = getattr(args, "token", None) or (None if config.token else os.environ.get("PRETRADE_TOKEN"))
+    if token:
+        overrides["token"] = token
+    # --target of the common options has a default; only a value given on the command line wins
+    if getattr(args, "target", None) and "--target" in " ".join(sys.argv):
+        overrides["target"] = args.target
+    return dataclasses.replace(config, **overrides)
+
+
+def cmd_run(args) -> int:
+    import asyncio
+
+    from clients.adapters.mt5.bridge import Mt5Bridge
+    from clients.adapters.mt5.config import ConfigError
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"pretrade mt5: error: {exc}", file=sys.stderr)
+        return 2
+    if not config.token:
+        print("pretrade mt5: error: no token: set bridge.token, --token or $PRETRADE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(Mt5Bridge(config).run_forever())
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,358 @@
+"""The FIX adapter over loopback, everything real: a QuickFIX initiator as the client, the
+adapter (QuickFIX acceptor + initiator), a QuickFIX acceptor as the venue simulator, and a
+gateway (tests/clients/gateway_harness.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import quickfix as fix
+
+from clients.adapters.fix.adapter import BUNDLED_FIX44, FixAdapter, FixAdapterConfig, message_fields
+from clients.adapters.fix.config import load_fix_config
+from clients.adapters.fix.reasons import ORD_REJ_REASON
+from pretrade.v1 import gateway_pb2
+from tests.clients.gateway_harness import running_gateway
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 10.0
+WORLDS = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settings_file(path: Path, connection: str, store: Path, sender: str, target: str, port: int,
+                  dictionary: bool = True) -> Path:
+    """A QuickFIX settings file (the adapter's own name no DataDictionary: it supplies the bundled one)."""
+    where = f"SocketAcceptPort={port}" if connection == "acceptor" else (
+        f"SocketConnectHost=127.0.0.1\nSocketConnectPort={port}\nReconnectInterval=1"
+    )
+    dd = f"UseDataDictionary=Y\nDataDictionary={BUNDLED_FIX44}\n" if dictionary else ""
+    path.write_text(
+        f"""[DEFAULT]
+ConnectionType={connection}
+FileStorePath={store}
+StartTime=00:00:00
+EndTime=00:00:00
+HeartBtInt=30
+SocketReuseAddress=Y
+ResetOnLogon=Y
+{dd}
+[SESSION]
+BeginString=FIX.4.4
+SenderCompID={sender}
+TargetCompID={target}
+{where}
+"""
+    )
+    return path
+
+
+def new_message(msg_type: str, fields: dict[int, str]) -> fix.Message:
+    message = fix.Message()
+    message.getHeader().setField(fix.BeginString("FIX.4.4"))
+    message.getHeader().setField(fix.MsgType(msg_type))
+    for tag, value in fields.items():
+        message.setField(tag, str(value))
+    return message
+
+
+def now() -> str:
+    return time.strftime("%Y%m%d-%H:%M:%S", time.gmtime())
+
+
+class Recorder(fix.Application):
+    """Collects application messages (type, fields) and logons, thread-safely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: queue.Queue = queue.Queue()
+        self.session: fix.SessionID | None = None
+        self.logged_on = threading.Event()
+        self.session_rejects: list[str] = []
+
+    def onCreate(self, sessionID):  # noqa: N802
+        self.session = sessionID
+
+    def onLogon(self, sessionID):  # noqa: N802
+        self.logged_on.set()
+
+    def onLogout(self, sessionID):  # noqa: N802
+        self.logged_on.clear()
+
+    def toAdmin(self, message, sessionID):  # noqa: N802
+        pass
+
+    def fromAdmin(self, message, sessionID):  # noqa: N802
+        if message.getHeader().getField(35) == "3":
+            self.session_rejects.append(message.toString())
+
+    def toApp(self, message, sessionID):  # noqa: N802
+        pass
+
+    def fromApp(self, message, sessionID):  # noqa: N802
+        self.handle(message.getHeader().getField(35), message_fields(message))
+
+    def handle(self, msg_type: str, fields: dict[int, str]) -> None:
+        self.messages.put((msg_type, fields))
+
+    def send(self, msg_type: str, fields: dict[int, str]) -> None:
+        assert fix.Session.sendToTarget(new_message(msg_type, fields), self.session)
+
+    async def next(self, msg_type: str | None = None) -> dict[int, str]:
+        got_type, fields = await asyncio.to_thread(self.messages.get, True, WAIT_S)
+        if msg_type is not None:
+            assert got_type == msg_type, (got_type, fields)
+        return fields
+
+
+class Venue(Recorder):
+    """A venue simulator: acks orders (150=0), cancels (150=4) and replaces (150=5) at once;
+    fills when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exec_ids = iter(range(1, 1_000_000))
+        self.orders: dict[str, dict[int, str]] = {}
+
+    def report(self, fields: dict[int, str], exec_type: str, status: str, extra: dict | None = None) -> None:
+        body = {37: f"V-{fields[11]}", 11: fields[11], 17: f"E{next(self.exec_ids)}", 150: exec_type, 39: status,
+                55: fields[55], 54: fields[54], 38: fields.get(38, "0"), 151: fields.get(38, "0"), 14: "0", 6: "0"}
+        if fields.get(1):
+            body[1] = fields[1]
+        body.update(extra or {})
+        self.send("8", body)
+
+    def handle(self, msg_type: str, fields: dict[int, str]) -> None:
+        super().handle(msg_type, fields)
+        if msg_type == "D":
+            self.orders[fields[11]] = fields
+            self.report(fields, "0", "0")
+        elif msg_type == "F":
+            order = self.orders[fields[41]]
+            self.report({**order, 11: fields[11]}, "4", "4", {41: fields[41], 151: "0"})
+        elif msg_type == "G":
+            self.orders[fields[11]] = fields
+            self.report(fields, "5", "0", {41: fields[41]})
+
+    def fill(self, cl_ord_id: str, qty: str, price: str, full: bool) -> None:
+        order = self.orders[cl_ord_id]
+        self.report(order, "F", "2" if full else "1", {32: qty, 31: price, 14: qty, 6: price})
+
+
+class Engine:
+    def __init__(self, app: Recorder, settings_path: Path, kind, log_dir: Path) -> None:
+        # QuickFIX keeps references to all of these: they must outlive the engine
+        self.app = app
+        self.settings = fix.SessionSettings(str(settings_path))
+        self.store = fix.FileStoreFactory(self.settings)
+        self.log = fix.FileLogFactory(str(log_dir))
+        self.engine = kind(app, self.store, self.settings, self.log)
+
+    def start(self):
+        self.engine.start()
+
+    def stop(self):
+        self.engine.stop()
+
+
+@pytest.fixture
+async def fix_world(tmp_path):
+    client_port, venue_port = free_port(), free_port()
+    # QuickFIX registers sessions process-wide: every test gets its own CompIDs
+    n = next(WORLDS)
+    pretrade, client_id, venue_id = f"PRETRADE{n}", f"CLIENT{n}", f"VENUE{n}"
+    async with running_gateway(tmp_path / "gw") as gateway:
+        await gateway.set_reference_prices()
+        venue, client = Venue(), Recorder()
+        venue_engine = Engine(venue, settings_file(tmp_path / "venue.cfg", "acceptor", tmp_path / "venue-store",
+                                                   venue_id, pretrade, venue_port), fix.ThreadedSocketAcceptor, tmp_path)
+        (tmp_path / "adapter.toml").write_text(f"""
+[gateway]
+target = "{gateway.target}"
+token = "{gateway.tokens['trader']}"
+decision_timeout_ms = 5000
+
+[fix]
+acceptor = "acceptor.cfg"
+initiator = "initiator.cfg"
+log_dir = "adapter-logs"
+""")
+        (tmp_path / "adapter-logs").mkdir()
+        settings_file(tmp_path / "acceptor.cfg", "acceptor", tmp_path / "adapter-store-a", pretrade, client_id,
+                      client_port, dictionary=False)
+        settings_file(tmp_path / "initiator.cfg", "initiator", tmp_path / "adapter-store-i", pretrade, venue_id,
+                      venue_port, dictionary=False)
+        adapter = FixAdapter(load_fix_config(tmp_path / "adapter.toml"))
+        client_engine = Engine(client, settings_file(tmp_path / "client.cfg", "initiator", tmp_path / "client-store",
+                                                     client_id, pretrade, client_port), fix.ThreadedSocketInitiator, tmp_path)
+        await asyncio.to_thread(venue_engine.start)
+        await adapter.start()
+        await asyncio.to_thread(client_engine.start)
+        try:
+            assert await asyncio.to_thread(client.logged_on.wait, WAIT_S), "client did not log on"
+            assert await asyncio.to_thread(venue.logged_on.wait, WAIT_S), "adapter did not log on to the venue"
+            deadline = time.monotonic() + WAIT_S
+            while not adapter.venue_logged_on():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            yield gateway, adapter, client, venue
+            assert client.session_rejects == [] and venue.session_rejects == []
+        finally:
+            # One engine at a time, each after the other side saw the logout: QuickFIX's
+            # Acceptor.stop racing a disconnect it is still handling can crash the process.
+            await asyncio.to_thread(client_engine.stop)
+            await settle(lambda: not adapter.client_logged_on())
+            await adapter.stop()
+            await settle(lambda: not venue.logged_on.is_set())
+            await asyncio.to_thread(venue_engine.stop)
+
+
+async def settle(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+
+
+def nos(cl_ord_id: str, qty="10", price="100.01", side="1", account="ACC1", symbol="AAPL") -> dict[int, str]:
+    return {11: cl_ord_id, 1: account, 55: symbol, 54: side, 38: qty, 40: "2", 44: price, 59: "0", 60: now()}
+
+
+async def test_accepted_order_goes_to_the_venue_and_its_reports_come_back(fix_world):
+    _, _, client, venue = fix_world
+    client.send("D", nos("A1"))
+    sent = await venue.next("D")
+    assert (sent[11], sent[1], sent[55], sent[54], sent[38], sent[44]) == ("A1", "ACC1", "AAPL", "1", "10", "100.01")
+    ack = await client.next("8")
+    assert (ack[11], ack[150], ack[39], ack[37]) == ("A1", "0", "0", "V-A1")
+
+
+async def test_rejected_order_gets_an_execution_report_never_a_session_reject(fix_world):
+    _, _, client, venue = fix_world
+    client.send("D", nos("R1", qty="5000"))
+    report = await client.next("8")
+    assert (report[11], report[150], report[39]) == ("R1", "8", "8")
+    assert report[103] == str(ORD_REJ_REASON["MAX_ORDER_QTY_EXCEEDED"]) == "3"
+    assert report[58].startswith("MAX_ORDER_QTY_EXCEEDED: ")
+    client.send("D", nos("R2", symbol="NOPE"))
+    report = await client.next("8")
+    assert (report[11], report[103]) == ("R2", "1") and "UNKNOWN_SYMBOL" in report[58]
+    assert venue.messages.empty()
+
+
+async def test_cancel_is_forwarded_and_releases_the_order(fix_world):
+    gateway, adapter, client, venue = fix_world
+    client.send("D", nos("C1", account="LONG", qty="8"))
+    await venue.next("D")
+    await client.next("8")
+    client.send("D", nos("C2", account="LONG", qty="5", price="100.02"))
+    blocked = await client.next("8")
+    assert blocked[150] == "8" and "LONG_POSITION_LIMIT_EXCEEDED" in blocked[58]
+    client.send("F", {41: "C1", 11: "C1-cxl", 55: "AAPL", 54: "1", 60: now(), 38: "8"})
+    cancel = await venue.next("F")
+    assert (cancel[41], cancel[11]) == ("C1", "C1-cxl")
+    done = await client.next("8")
+    assert (done[11], done[41], done[150], done[39]) == ("C1-cxl", "C1", "4", "4")
+    await adapter.idle()  # the CANCELLED report reached the gateway
+    client.send("D", nos("C3", account="LONG", qty="5", price="100.03"))
+    await venue.next("D")
+    assert (await client.next("8"))[150] == "0"
+
+
+async def test_replace_is_checked_as_the_new_order(fix_world):
+    _, _, client, venue = fix_world
+    client.send("D", nos("P1"))
+    await venue.next("D")
+    await client.next("8")
+    client.send("G", {41: "P1", 11: "P2", 1: "ACC1", 55: "AAPL", 54: "1", 38: "5000", 40: "2", 44: "100.01", 60: now()})
+    refused = await client.next("9")
+    assert (refused[11], refused[41], refused[434], refused[39]) == ("P2", "P1", "2", "0")
+    assert "MAX_ORDER_QTY_EXCEEDED" in refused[58]
+    client.send("G", {41: "P1", 11: "P3", 1: "ACC1", 55: "AAPL", 54: "1", 38: "20", 40: "2", 44: "100.02", 60: now()})
+    forwarded = await venue.next("G")
+    assert (forwarded[41], forwarded[11], forwarded[38], forwarded[44]) == ("P1", "P3", "20", "100.02")
+    replaced = await client.next("8")
+    assert (replaced[11], replaced[41], replaced[150]) == ("P3", "P1", "5")
+
+
+async def test_fills_are_relayed_and_update_exposure(fix_world):
+    _, adapter, client, venue = fix_world
+    client.send("D", nos("F1", account="LONG", qty="6"))
+    await venue.next("D")
+    await client.next("8")
+    venue.fill("F1", "4", "100.01", full=False)
+    venue.fill("F1", "2", "100.00", full=True)
+    partial, full = await client.next("8"), await client.next("8")
+    assert (partial[150], partial[39], partial[32], partial[31]) == ("F", "1", "4", "100.01")
+    assert (full[150], full[39], full[32]) == ("F", "2", "2")
+    await adapter.idle()  # both fills reached the gateway
+    # position 6 now (max_long_position 10): 5 more is refused, 4 passes
+    client.send("D", nos("F2", account="LONG", qty="5", price="100.02"))
+    refused = await client.next("8")
+    assert refused[150] == "8" and "LONG_POSITION_LIMIT_EXCEEDED" in refused[58]
+    client.send("D", nos("F3", account="LONG", qty="4", price="100.03"))
+    await venue.next("D")
+    assert (await client.next("8"))[150] == "0"
+
+
+async def test_kill_switch_cancels_working_orders_on_the_venue(fix_world):
+    gateway, _, client, venue = fix_world
+    for cl_ord_id, price in (("K1", "100.01"), ("K2", "100.02")):
+        client.send("D", nos(cl_ord_id, price=price))
+        await venue.next("D")
+        await client.next("8")
+    await gateway.app.gateway_servicer.broadcast_control(
+        gateway_pb2.ControlMessage(action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL, reason="kill", requested_by="alice")
+    )
+    cancels = [await venue.next("F"), await venue.next("F")]
+    assert sorted(c[41] for c in cancels) == ["K1", "K2"]
+    reports = [await client.next("8"), await client.next("8")]
+    assert sorted((r[11], r[150], r[39]) for r in reports) == [("K1", "4", "4"), ("K2", "4", "4")]
+    assert all(41 not in r for r in reports)
+
+
+def test_config_resolves_settings_relative_to_the_file(tmp_path):
+    (tmp_path / "a.toml").write_text('[gateway]\ntoken="t"\n[fix]\nacceptor="acc.cfg"\ninitiator="/x/ini.cfg"\n')
+    config = load_fix_config(tmp_path / "a.toml")
+    assert isinstance(config, FixAdapterConfig)
+    assert config.acceptor_settings == tmp_path / "acc.cfg" and str(config.initiator_settings) == "/x/ini.cfg"
+
+
+def test_every_gateway_reason_code_has_an_ord_rej_reason():
+    from fastpath.codes import Check
+
+    assert {check.name for check in Check} <= set(ORD_REJ_REASON)
+    assert set(ORD_REJ_REASON.values()) <= {0, 1, 2, 3, 6, 11, 13, 15, 99}  # FIX 4.4 tag 103 values
+
+
+def test_fix_decimals_convert_exactly_and_bad_orders_are_named():
+    from clients.adapters.fix.adapter import InvalidFixOrder, order_from_fields
+    from pretrade.v1 import types_pb2
+
+    order = order_from_fields({11: "X", 55: "AAPL", 54: "5", 38: "0.0001", 40: "2", 44: "189.123456789"}, "DEF")
+    assert (order.account, order.side, order.quantity_nanos, order.price_nanos) == (
+        "DEF", types_pb2.SIDE_SELL_SHORT, 100_000, 189_123_456_789)
+    market = order_from_fields({11: "Y", 1: "A", 55: "S", 54: "1", 38: "3", 40: "1"})
+    assert market.order_type == types_pb2.ORDER_TYPE_MARKET and market.price_nanos == 0
+    for fields, code in (
+        ({54: "9", 38: "1", 40: "2", 44: "1"}, "UNSUPPORTED_ORDER"),
+        ({54: "1", 38: "1", 40: "P", 44: "1"}, "UNSUPPORTED_ORDER"),
+        ({54: "1", 40: "2", 44: "1"}, "INVALID_ORDER"),
+        ({54: "1", 38: "1e-12", 40: "2", 44: "1"}, "INVALID_ORDER"),
+    ):
+        with pytest.raises(InvalidFixOrder) as caught:
+            order_from_fields({11: "Z", 55: "S", **fields})
+        assert caught.value.code == code
