@@ -498,6 +498,28 @@ class _SourceLagState:
     last_committed_age_s: float | None = None
 
 
+#: Seconds between deliveries of a cancellation to a task that has not ended yet.
+CANCEL_REDELIVERY_INTERVAL_S = 0.2
+
+
+async def cancel_until_done(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    Cancelling once is not enough on Python 3.11: ``asyncio.wait_for`` (used inside nats-py,
+    e.g. by JetStream API requests) swallows a cancellation that arrives as its inner
+    future completes, and the task carries on (fixed in Python 3.12). So a task still
+    running after a short wait gets the cancellation again until it ends.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_REDELIVERY_INTERVAL_S)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: failures were already reported where they happened
+
+
 class LedgerIngestWorker:
     """Runs the ingest of :data:`DEFAULT_SOURCES` into a ledger (see the module docstring).
 
@@ -593,9 +615,7 @@ class LedgerIngestWorker:
         """Stop pulling and committing, close the connection. Messages not committed are
         not acknowledged (they are delivered again next time). Idempotent."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_until_done(tasks)
         work = self._thread_work
         if work is not None:  # the store must outlive a transaction in progress
             await asyncio.wait([work])
