@@ -218,6 +218,14 @@ def load_rules(
     The file must be UTF-8 (a leading byte-order mark is tolerated); a file that cannot be
     read raises :class:`~fastpath.errors.RulesFileError` naming it.
     """
+    return load_rules_with_text(path, interner, overrides)[0]
+
+
+def load_rules_with_text(
+    path: str | os.PathLike, interner: Interner | None = None, overrides: Sequence[LimitOverride] = ()
+) -> tuple[CompiledRules, str]:
+    """:func:`load_rules`, also returning the exact text compiled (what the ledger records,
+    so that a rules version can be shown as the file it was)."""
     source = os.fsdecode(os.fspath(path))
     try:
         data = Path(source).read_bytes()
@@ -231,7 +239,7 @@ def load_rules(
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise RulesSyntaxError(source, line, column, "the rules file is not valid UTF-8") from exc
-    return compile_rules(text, source, interner, overrides)
+    return compile_rules(text, source, interner, overrides), text
 
 
 def compile_rules(

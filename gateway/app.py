@@ -35,7 +35,7 @@ from grpc_health.v1 import health
 
 from fastpath.engine import Engine
 from fastpath.errors import RulesError
-from fastpath.rules import load_rules
+from fastpath.rules import load_rules, load_rules_with_text
 from gateway.auth import TokenStore
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import EmbeddedNats
@@ -50,7 +50,6 @@ from gateway.servicer import (
     GatewayServicer,
     OrderGate,
     RulesReloader,
-    load_rules_and_text,
 )
 from gateway.validation import RequestValidator
 from halts.follower import HaltFollower
@@ -129,7 +128,7 @@ class GatewayApp:
         """Bring everything up; on failure, tear down what was started and re-raise."""
         config = self.config
         try:
-            rules, rules_text = load_rules_and_text(config.rules_path)
+            rules, rules_text = load_rules_with_text(config.rules_path)
             tokens = TokenStore.load(config.tokens_path)
             self.engine = Engine(rules, **config.engine_options)
             self._outbox = DecisionOutbox(config.outbox_path)

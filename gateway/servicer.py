@@ -38,19 +38,17 @@ import asyncio
 import functools
 import itertools
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Callable
 
 import grpc
 
 from fastpath.codes import Check, ExecStatus
 from fastpath.errors import RulesError
-from fastpath.rules import CompiledRules, LimitOverride, compile_rules, load_rules
+from fastpath.rules import CompiledRules, LimitOverride, load_rules_with_text
 from gateway.auth import current_principal
 from gateway.config import (
     DEFAULT_EXECUTION_DEDUP_CAPACITY,
@@ -138,23 +136,6 @@ class GatewayEventLog:
             records.append((sequence, event.SerializeToString()))
         self.outbox.append(records)
         self.publisher.notify()
-
-
-def load_rules_and_text(
-    path: str | os.PathLike, interner=None, overrides: Sequence[LimitOverride] = ()
-) -> tuple[CompiledRules, str]:
-    """Compile the rules file at ``path``; return the rules and the exact text compiled
-    (what the ledger records, so that a rules version can be shown as the file it was).
-
-    Errors are those of ``fastpath.rules.load_rules`` (one RulesError per condition).
-    """
-    source = os.fsdecode(os.fspath(path))
-    try:
-        text = Path(source).read_bytes().decode("utf-8-sig")
-    except (OSError, ValueError):
-        load_rules(source, interner, overrides)  # raises the RulesError that names the problem
-        raise  # the file became readable meanwhile: report what we saw
-    return compile_rules(text, source, interner, overrides), text
 
 
 class OrderStream:
@@ -670,7 +651,7 @@ class RulesReloader:
             source = path or self._engine.rules.source
             in_force = self.overrides if overrides is None else tuple(overrides)
             rules, text = await asyncio.to_thread(
-                load_rules_and_text, source, self._engine.interner, in_force
+                load_rules_with_text, source, self._engine.interner, in_force
             )
             previous = self._engine.version
             if self._on_loaded is not None:

@@ -12,7 +12,8 @@ from fastpath.reference import ReferenceKernel
 from fastpath.rules import compile_rules
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import EVENTS_TARGET, DecisionPublisher
-from gateway.servicer import GatewayEventLog, OrderGate, RulesReloader, load_rules_and_text
+from fastpath.rules import load_rules_with_text
+from gateway.servicer import GatewayEventLog, OrderGate, RulesReloader
 from gateway.subjects import EVENTS_STREAM, MSG_ID_HEADER, events_subject
 from pretrade.v1 import ledger_pb2, types_pb2
 from tests.clients.gateway_harness import CHECKS_RULES, write_rules
@@ -80,7 +81,7 @@ def test_every_execution_report_is_recorded_with_its_status_and_decision(gate, e
 
 async def test_rules_loads_are_recorded_at_start_and_on_reload(tmp_path, engine, gate, event_outbox):
     path = write_rules(tmp_path)
-    rules, text = load_rules_and_text(path, engine.interner)
+    rules, text = load_rules_with_text(path, engine.interner)
     assert text == CHECKS_RULES
     gate.record_rules_loaded(rules, text)
     reloader = RulesReloader(engine, on_loaded=gate.record_rules_loaded)
