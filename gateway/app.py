@@ -36,6 +36,7 @@ from grpc_health.v1 import health
 from fastpath.engine import Engine
 from fastpath.errors import RulesError
 from fastpath.rules import load_rules, load_rules_with_text
+from gateway.aio import cancel_until_done
 from gateway.auth import TokenStore
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import EmbeddedNats
@@ -363,9 +364,7 @@ class GatewayApp:
         if self._server is not None:
             log.info("stopping: open calls and streams get %.1f s to finish", config.shutdown_grace_s)
             await self._server.stop(config.shutdown_grace_s)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_until_done(self._background)
         if self._marketdata is not None:
             await self._marketdata.stop()
         if self._marketdata_nc is not None:

@@ -72,6 +72,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from gateway.aio import cancel_until_done
 from gateway.outbox import DecisionOutbox, OutboxError
 from gateway.subjects import (
     DECISIONS_STREAM,
@@ -373,10 +374,11 @@ class DecisionPublisher:
                 remaining,
             )
         self._stopping = True
-        self._publish_task.cancel()
         self._stop_syncing.set()
-        # asyncio.wait, not await: a cancelled task must not cancel stop() itself.
-        await asyncio.wait([task for task in (self._publish_task, self._sync_task) if task is not None])
+        await cancel_until_done([self._publish_task])
+        if self._sync_task is not None:
+            # asyncio.wait, not await: a cancelled task must not cancel stop() itself.
+            await asyncio.wait([self._sync_task])
         await asyncio.to_thread(self._outbox.sync)
         if self._nc is not None:
             try:

@@ -27,6 +27,7 @@ from typing import NoReturn
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
 from fastpath.rules import LimitOverride, check_override
+from gateway.aio import cancel_until_done
 from halts.errors import (
     ConcurrentUpdateError,
     CorruptRecordError,
@@ -206,9 +207,7 @@ class HaltManager:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_until_done([self._sweeper])
             self._sweeper = None
 
     async def _sweep_forever(self) -> None:

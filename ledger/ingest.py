@@ -85,6 +85,7 @@ from gateway.subjects import (
 )
 from halts.subjects import EVENTS_STREAM as HALT_EVENTS_STREAM
 from halts.subjects import EVENTS_SUBJECT_WILDCARD as HALT_EVENTS_SUBJECTS
+from gateway.aio import cancel_until_done
 from ledger.entries import EntryKind
 from ledger.errors import EntryFormatError, LedgerLockedError
 from ledger.health import (
@@ -496,28 +497,6 @@ class _TakenBatch:
 class _SourceLagState:
     last_stream_sequence: int = 0
     last_committed_age_s: float | None = None
-
-
-#: Seconds between deliveries of a cancellation to a task that has not ended yet.
-CANCEL_REDELIVERY_INTERVAL_S = 0.2
-
-
-async def cancel_until_done(tasks: list[asyncio.Task]) -> None:
-    """Cancel ``tasks`` and wait until every one has ended.
-
-    Cancelling once is not enough on Python 3.11: ``asyncio.wait_for`` (used inside nats-py,
-    e.g. by JetStream API requests) swallows a cancellation that arrives as its inner
-    future completes, and the task carries on (fixed in Python 3.12). So a task still
-    running after a short wait gets the cancellation again until it ends.
-    """
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=CANCEL_REDELIVERY_INTERVAL_S)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: failures were already reported where they happened
 
 
 class LedgerIngestWorker:
