@@ -94,10 +94,15 @@ DEFAULT_PUBLISH_BATCH_MAX = 64
 DEFAULT_MAX_INFLIGHT_BATCHES = 16
 #: Longest a decision sits in the outbox unnoticed if ``notify()`` was not called, seconds.
 DEFAULT_FLUSH_INTERVAL_S = 0.05
-#: Seconds the publisher lets new decisions gather before it publishes them: sequential
-#: single-order calls then go out as one batch (one socket write, one outbox removal)
-#: instead of one each, which would compete with the order path for the event loop.
-DEFAULT_PUBLISH_LINGER_S = 0.001
+#: Seconds the publisher lets new decisions gather before it publishes them. A publish
+#: cycle (outbox read, socket write, ack handling, outbox removal) costs the event loop
+#: tens of microseconds whatever its size; with sequential CheckOrder calls ~0.5 ms apart,
+#: a 1 ms linger put a cycle beside every other call and added ~100 µs to the p50 round
+#: trip (``bench/bench_gateway.py``), 5 ms puts one beside every ~10th call and leaves the
+#: p50 to the order path. The price: decisions reach JetStream up to 5 ms later, which
+#: the ledger and the watchdogs (event-time, millisecond windows) do not notice. Under a
+#: steady stream the publisher never goes idle and so never lingers.
+DEFAULT_PUBLISH_LINGER_S = 0.005
 #: A batch whose acks have not all arrived after this long is published again, seconds.
 DEFAULT_ACK_TIMEOUT_S = 5.0
 #: Backoff after a failed batch, doubling from min to max, seconds.

@@ -154,6 +154,32 @@ class OrderStream:
             await self._context.write(response)
 
 
+class DecisionList(list):
+    """The decisions of a :meth:`OrderGate.decide` call that fills no response: a list
+    with the ``add()`` of a repeated message field."""
+
+    def add(self) -> types_pb2.Decision:
+        decision = types_pb2.Decision()
+        self.append(decision)
+        return decision
+
+
+class SingleDecision:
+    """The one decision slot of a ``CheckOrderResponse``, with the ``add()`` of a repeated
+    field, so that :meth:`OrderGate.decide` builds the decision inside the response."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: gateway_pb2.CheckOrderResponse) -> None:
+        self.response = response
+
+    def add(self) -> types_pb2.Decision:
+        return self.response.decision
+
+    def __iter__(self):
+        yield self.response.decision
+
+
 class OrderGate:
     """Kernel + decision log + the servicer-side state (see the module docstring)."""
 
@@ -192,45 +218,53 @@ class OrderGate:
         return self._next_sequence - 1
 
     # -- orders -----------------------------------------------------------------------------
-    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None) -> list:
+    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None, into=None):
         """Decide validated orders in order, record the new decisions, return all decisions
-        (replays included) in request order."""
+        (replays included) in request order.
+
+        ``into`` is where the decisions are built: a repeated ``Decision`` field of the
+        response being answered (``DecisionBatch.decisions``, ``CheckOrdersResponse.decisions``)
+        or a :class:`SingleDecision` slot, so each decision is built once, in place, instead
+        of being built and then copied into the response (the copy costs as much as the
+        build). Default: a new :class:`DecisionList`. Returns ``into``.
+        """
         received_ns = self._clock()
-        decisions = []
+        decisions = DecisionList() if into is None else into
         records: list[tuple[int, bytes]] = []
         remembered: list[tuple[str, str]] = []
         accepted: list[WorkingOrder] = []
         latencies: list[tuple[types_pb2.Decision, float]] = []
+        perf_counter = time.perf_counter
         for order in orders:
-            started = time.perf_counter()
+            started = perf_counter()
+            decision = decisions.add()
             reply_key = (order.account, order.request_id) if order.request_id else None
             if reply_key is not None:
                 original = self._replies.get(reply_key)
                 if original is not None:
-                    decision = types_pb2.Decision.FromString(original)
+                    decision.ParseFromString(original)
                     decision.replayed = True
-                    decisions.append(decision)
                     continue
             sequence = self._next_sequence
             self._next_sequence = sequence + 1
-            decision, payload, working = self._decide_one(order, sequence, received_ns, stream)
+            payload, working = self._decide_one(decision, order, sequence, received_ns, stream)
             records.append((sequence, payload))
-            decisions.append(decision)
             if working is not None:
                 accepted.append(working)
             if reply_key is not None:
                 self._replies.remember(reply_key, payload)
                 remembered.append(reply_key)
-            latencies.append((decision, time.perf_counter() - started))
+            latencies.append((decision, perf_counter() - started))
         if records:
             try:
                 self.outbox.append(records)
             except Exception as exc:
                 log.exception("decision log append failed; rejecting %d orders unrecorded", len(records))
-                return self._undo_unrecorded(decisions, accepted, remembered, exc)
+                self._undo_unrecorded(decisions, accepted, remembered, exc)
+                return decisions
             self.publisher.notify()
         if self._metrics is not None:
-            self._observe(len(decisions) - len(latencies), latencies)
+            self._observe(len(orders) - len(latencies), latencies)
         return decisions
 
     def _observe(self, replays: int, latencies) -> None:
@@ -239,21 +273,22 @@ class OrderGate:
         try:
             if replays:
                 self._metrics.replays.inc(replays)
+            observe = self._metrics.observe_decision
             for decision, latency_s in latencies:
-                self._metrics.observe_decision(decision, latency_s)
+                observe(decision, latency_s)
         except Exception:
             log.exception("recording decision metrics failed")
 
-    def _decide_one(self, order, sequence: int, received_ns: int, stream: OrderStream | None):
-        """(decision, serialized decision, new WorkingOrder or None) of one order; never raises."""
+    def _decide_one(self, decision, order, sequence: int, received_ns: int, stream: OrderStream | None):
+        """Fill ``decision`` for one order; (serialized decision, new WorkingOrder or None).
+        Never raises: a failure anywhere becomes an INTERNAL_ERROR reject."""
         engine = self.engine
         handle = -1
-        working = None
         if not self.halt_state_available:
-            decision = self._gateway_reject(
-                order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
+            self._fill_gateway_reject(
+                decision, order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
             )
-            return decision, decision.SerializeToString(), None
+            return decision.SerializeToString(), None
         try:
             result = engine.check(
                 order.account,
@@ -266,34 +301,30 @@ class OrderGate:
                 order.client_order_id,
                 self._clock(),
             )
-            decision = types_pb2.Decision(
-                sequence=sequence,
-                gateway_id=self.gateway_id,
-                rules_version=engine.version,
-                received_ns=received_ns,
-                decided_ns=self._clock(),
-                order=order,
-            )
+            decision.sequence = sequence
+            decision.gateway_id = self.gateway_id
+            decision.rules_version = engine.version
+            decision.received_ns = received_ns
+            decision.decided_ns = self._clock()
+            decision.order.CopyFrom(order)
             if result.accepted:
                 handle = result.handle
                 decision.verdict = types_pb2.VERDICT_ACCEPT
                 decision.order_handle = handle
             else:
                 decision.verdict = types_pb2.VERDICT_REJECT
-                decision.failures.extend(
-                    types_pb2.CheckFailure(
+                add_failure = decision.failures.add
+                for failure in engine.failures(result):
+                    add_failure(
                         code=failure.code.name,
                         limit=failure.limit,
                         observed=failure.observed,
                         rule_path=failure.rule_path or "",
                         detail=failure.detail,
                     )
-                    for failure in engine.failures(result)
-                )
             payload = decision.SerializeToString()
-            if handle >= 0:
-                working = self._track(order, handle, stream, sequence)
-            return decision, payload, working
+            working = self._track(order, handle, stream, sequence) if handle >= 0 else None
+            return payload, working
         except Exception as exc:
             log.exception(
                 "order path failed for %s/%s; rejecting with INTERNAL_ERROR",
@@ -302,27 +333,27 @@ class OrderGate:
             )
             if handle >= 0:
                 self._release_quietly(handle)
-            decision = self._gateway_reject(
-                order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
+            self._fill_gateway_reject(
+                decision, order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
             )
-            return decision, decision.SerializeToString(), None
+            return decision.SerializeToString(), None
 
-    def _gateway_reject(self, order, sequence: int, received_ns: int, code: Check, detail: str):
-        """A REJECT the gateway decides without the kernel (fail closed)."""
-        return types_pb2.Decision(
-            verdict=types_pb2.VERDICT_REJECT,
-            failures=[types_pb2.CheckFailure(code=code.name, detail=detail)],
-            sequence=sequence,
-            gateway_id=self.gateway_id,
-            rules_version=self.engine.version,
-            received_ns=received_ns,
-            decided_ns=self._clock(),
-            order=order,
-        )
+    def _fill_gateway_reject(self, decision, order, sequence: int, received_ns: int, code: Check, detail: str):
+        """Make ``decision`` (whatever it held) a REJECT the gateway decides without the
+        kernel (fail closed)."""
+        decision.Clear()
+        decision.verdict = types_pb2.VERDICT_REJECT
+        decision.failures.add(code=code.name, detail=detail)
+        decision.sequence = sequence
+        decision.gateway_id = self.gateway_id
+        decision.rules_version = self.engine.version
+        decision.received_ns = received_ns
+        decision.decided_ns = self._clock()
+        decision.order.CopyFrom(order)
 
-    def _undo_unrecorded(self, decisions, accepted, remembered, exc: BaseException) -> list:
-        """The decision log refused a batch: undo its kernel effects and answer every new
-        decision of it with an unrecorded INTERNAL_ERROR reject."""
+    def _undo_unrecorded(self, decisions, accepted, remembered, exc: BaseException) -> None:
+        """The decision log refused a batch: undo its kernel effects and turn every new
+        decision of it into an unrecorded INTERNAL_ERROR reject, in place."""
         for working in accepted:
             self._forget(working)
             self._release_quietly(working.handle)
@@ -332,18 +363,18 @@ class OrderGate:
         self._next_sequence = first_unrecorded
         # Replays of decisions recorded earlier stand; everything numbered in this batch
         # (replays of this batch's own decisions included) was never recorded.
-        return [
-            decision
-            if decision.sequence < first_unrecorded
-            else self._gateway_reject(
-                decision.order,
-                UNRECORDED_SEQUENCE,
-                decision.received_ns,
-                Check.INTERNAL_ERROR,
-                f"error={type(exc).__name__}",
-            )
-            for decision in decisions
-        ]
+        for decision in decisions:
+            if decision.sequence >= first_unrecorded:
+                order = types_pb2.Order()
+                order.CopyFrom(decision.order)  # Clear() below would empty the original
+                self._fill_gateway_reject(
+                    decision,
+                    order,
+                    UNRECORDED_SEQUENCE,
+                    decision.received_ns,
+                    Check.INTERNAL_ERROR,
+                    f"error={type(exc).__name__}",
+                )
 
     def _release_quietly(self, handle: int) -> None:
         try:
@@ -531,13 +562,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @_guarded
     async def CheckOrder(self, request, context):  # noqa: N802 (gRPC method name)
         await _abort_if_invalid(context, self.validator.check_order_violations(request))
-        (decision,) = self.gate.decide((request.order,))
-        return gateway_pb2.CheckOrderResponse(decision=decision)
+        response = gateway_pb2.CheckOrderResponse()
+        self.gate.decide((request.order,), into=SingleDecision(response))
+        return response
 
     @_guarded
     async def CheckOrders(self, request, context):  # noqa: N802
         await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
-        return gateway_pb2.CheckOrdersResponse(decisions=self.gate.decide(request.orders))
+        response = gateway_pb2.CheckOrdersResponse()
+        self.gate.decide(request.orders, into=response.decisions)
+        return response
 
     @_guarded
     async def StreamOrders(self, request_iterator, context):  # noqa: N802
@@ -560,12 +594,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     stream.cancel_on_disconnect = request.cancel_on_disconnect
                     first = False
                 await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
-                decisions = self.gate.decide(request.orders, stream if stream.cancel_on_disconnect else None)
-                await stream.send(
-                    gateway_pb2.StreamOrdersResponse(
-                        decisions=gateway_pb2.DecisionBatch(batch_id=request.batch_id, decisions=decisions)
-                    )
+                response = gateway_pb2.StreamOrdersResponse()
+                batch = response.decisions
+                batch.batch_id = request.batch_id
+                self.gate.decide(
+                    request.orders, stream if stream.cancel_on_disconnect else None, into=batch.decisions
                 )
+                await stream.send(response)
         finally:
             del self._streams[stream.stream_id]
             if self._metrics is not None:
