@@ -88,7 +88,9 @@ class DecisionStats(Collector):
             buckets=buckets,
             sum_value=self._latency_sum_s,
         )
-        decisions = CounterMetricFamily("pretrade_decisions_total", "Decisions by verdict.", labels=["verdict"])
+        decisions = CounterMetricFamily(
+            "pretrade_decisions_total", "Decisions by verdict.", labels=["verdict"]
+        )
         decisions.add_metric([VERDICT_ACCEPT], self._accepted)
         decisions.add_metric([VERDICT_REJECT], self._rejected)
         yield decisions

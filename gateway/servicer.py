@@ -338,7 +338,9 @@ class OrderGate:
             )
             return decision.SerializeToString(), None
 
-    def _fill_gateway_reject(self, decision, order, sequence: int, received_ns: int, code: Check, detail: str):
+    def _fill_gateway_reject(
+        self, decision, order, sequence: int, received_ns: int, code: Check, detail: str
+    ) -> None:
         """Make ``decision`` (whatever it held) a REJECT the gateway decides without the
         kernel (fail closed)."""
         decision.Clear()

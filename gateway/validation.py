@@ -80,16 +80,25 @@ class RequestValidator:
 
     # -- building blocks ---------------------------------------------------------------------
     def _name(
-        self, out: list[FieldViolation], path: str, value: str, *, required: bool, max_length: int
+        self,
+        out: list[FieldViolation],
+        prefix: str,
+        field: str,
+        value: str,
+        *,
+        required: bool,
+        max_length: int,
     ) -> None:
+        """A name field: the path ``prefix + field`` is built only for a violation."""
         if not value:
             if required:
-                out.append(FieldViolation(path, "required; must not be empty"))
+                out.append(FieldViolation(prefix + field, "required; must not be empty"))
             return
         if len(value) > max_length:
-            out.append(FieldViolation(path, f"too long: {len(value)} characters, at most {max_length}"))
+            description = f"too long: {len(value)} characters, at most {max_length}"
+            out.append(FieldViolation(prefix + field, description))
         elif not value.isprintable():
-            out.append(FieldViolation(path, "must not contain control or non-printable characters"))
+            out.append(FieldViolation(prefix + field, "must not contain control or non-printable characters"))
 
     def _batch_size(self, out: list[FieldViolation], path: str, size: int, limit: int) -> bool:
         if size > limit:
@@ -101,13 +110,13 @@ class RequestValidator:
     def order_violations(self, order: types_pb2.Order, prefix: str, out: list[FieldViolation]) -> None:
         """Append the violations of one order, with field paths under ``prefix``."""
         max_name = self.limits.max_name_length
-        self._name(out, prefix + "client_order_id", order.client_order_id, required=True, max_length=max_name)
-        self._name(out, prefix + "account", order.account, required=True, max_length=max_name)
-        self._name(out, prefix + "strategy", order.strategy, required=False, max_length=max_name)
-        self._name(out, prefix + "symbol", order.symbol, required=True, max_length=max_name)
-        self._name(out, prefix + "request_id", order.request_id, required=False, max_length=max_name)
+        self._name(out, prefix, "client_order_id", order.client_order_id, required=True, max_length=max_name)
+        self._name(out, prefix, "account", order.account, required=True, max_length=max_name)
+        self._name(out, prefix, "strategy", order.strategy, required=False, max_length=max_name)
+        self._name(out, prefix, "symbol", order.symbol, required=True, max_length=max_name)
+        self._name(out, prefix, "request_id", order.request_id, required=False, max_length=max_name)
         max_trace = self.limits.max_trace_id_length
-        self._name(out, prefix + "trace_id", order.trace_id, required=False, max_length=max_trace)
+        self._name(out, prefix, "trace_id", order.trace_id, required=False, max_length=max_trace)
         if order.side not in _VALID_SIDES:
             out.append(
                 FieldViolation(
@@ -161,12 +170,12 @@ class RequestValidator:
         max_name = self.limits.max_name_length
         for index, execution in enumerate(executions):
             prefix = f"executions[{index}]."
-            self._name(out, prefix + "account", execution.account, required=True, max_length=max_name)
+            self._name(out, prefix, "account", execution.account, required=True, max_length=max_name)
             self._name(
-                out, prefix + "client_order_id", execution.client_order_id, required=True, max_length=max_name
+                out, prefix, "client_order_id", execution.client_order_id, required=True, max_length=max_name
             )
             self._name(
-                out, prefix + "execution_id", execution.execution_id, required=True, max_length=max_name
+                out, prefix, "execution_id", execution.execution_id, required=True, max_length=max_name
             )
             kind = execution.execution_type
             if kind not in _VALID_EXECUTION_TYPES:
@@ -200,7 +209,7 @@ class RequestValidator:
         for index, price in enumerate(prices):
             prefix = f"prices[{index}]."
             max_name = self.limits.max_name_length
-            self._name(out, prefix + "symbol", price.symbol, required=True, max_length=max_name)
+            self._name(out, prefix, "symbol", price.symbol, required=True, max_length=max_name)
             if price.price_nanos <= 0:
                 out.append(FieldViolation(prefix + "price_nanos", f"must be > 0 (got {price.price_nanos})"))
             if price.timestamp_ns <= 0:
