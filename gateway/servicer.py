@@ -529,9 +529,10 @@ def _guarded(method):
     return guarded
 
 
-async def _abort_if_invalid(context, violations) -> None:
-    if violations:
-        await context.abort_with_status(invalid_argument_status(violations))
+async def _abort_invalid(context, violations) -> None:
+    """End the call with INVALID_ARGUMENT naming every violation. Callers test for
+    violations first, so a valid request (the hot path) creates no coroutine here."""
+    await context.abort_with_status(invalid_argument_status(violations))
 
 
 def _principal_name() -> str:
@@ -563,14 +564,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_guarded
     async def CheckOrder(self, request, context):  # noqa: N802 (gRPC method name)
-        await _abort_if_invalid(context, self.validator.check_order_violations(request))
+        if violations := self.validator.check_order_violations(request):
+            await _abort_invalid(context, violations)
         response = gateway_pb2.CheckOrderResponse()
         self.gate.decide((request.order,), into=SingleDecision(response))
         return response
 
     @_guarded
     async def CheckOrders(self, request, context):  # noqa: N802
-        await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
+        if violations := self.validator.order_batch_violations(request.orders):
+            await _abort_invalid(context, violations)
         response = gateway_pb2.CheckOrdersResponse()
         self.gate.decide(request.orders, into=response.decisions)
         return response
@@ -595,7 +598,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if first:
                     stream.cancel_on_disconnect = request.cancel_on_disconnect
                     first = False
-                await _abort_if_invalid(context, self.validator.order_batch_violations(request.orders))
+                if violations := self.validator.order_batch_violations(request.orders):
+                    await _abort_invalid(context, violations)
                 response = gateway_pb2.StreamOrdersResponse()
                 batch = response.decisions
                 batch.batch_id = request.batch_id
@@ -638,12 +642,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @_guarded
     async def ReportExecutions(self, request, context):  # noqa: N802
-        await _abort_if_invalid(context, self.validator.executions_violations(request))
+        if violations := self.validator.executions_violations(request):
+            await _abort_invalid(context, violations)
         return gateway_pb2.ReportExecutionsResponse(results=self.gate.apply_executions(request.executions))
 
     @_guarded
     async def UpdateReferencePrices(self, request, context):  # noqa: N802
-        await _abort_if_invalid(context, self.validator.reference_prices_violations(request, time.time_ns()))
+        if violations := self.validator.reference_prices_violations(request, time.time_ns()):
+            await _abort_invalid(context, violations)
         response = gateway_pb2.UpdateReferencePricesResponse()
         for price in request.prices:
             if self.gate.apply_reference_price(price.symbol, price.price_nanos, price.timestamp_ns):
@@ -717,7 +723,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
 
     @_guarded
     async def ReloadRules(self, request, context):  # noqa: N802
-        await _abort_if_invalid(context, self.validator.reload_violations(request))
+        if violations := self.validator.reload_violations(request):
+            await _abort_invalid(context, violations)
         try:
             previous, current = await self.reloader.reload(request.path or None)
         except RulesError as exc:
