@@ -119,6 +119,8 @@ class GatewayApp:
         self._background: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
+        #: Why the gateway shut itself down (a publisher that stopped for good), if it did.
+        self.fatal_error: BaseException | None = None
         self._stopped = False
 
     @property
@@ -134,7 +136,9 @@ class GatewayApp:
             self.engine = Engine(rules, **config.engine_options)
             self._outbox = DecisionOutbox(config.outbox_path)
             self._event_outbox = DecisionOutbox(Path(config.data_dir) / EVENTS_OUTBOX_SUBDIR)
-            self._event_publisher = DecisionPublisher(self._event_outbox, config.gateway_id, target=EVENTS_TARGET)
+            self._event_publisher = DecisionPublisher(
+                self._event_outbox, config.gateway_id, target=EVENTS_TARGET, on_fatal=self._on_publisher_failed
+            )
             self._publisher = DecisionPublisher(
                 self._outbox,
                 config.gateway_id,
@@ -142,6 +146,7 @@ class GatewayApp:
                     decisions_published=self.metrics.decisions_published,
                     publish_failures=self.metrics.publish_failures,
                 ),
+                on_fatal=self._on_publisher_failed,
             )
             self.metrics.watch_publisher(
                 lambda: self._publisher.publish_lag_s,
@@ -315,6 +320,15 @@ class GatewayApp:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def _on_publisher_failed(self, error: BaseException) -> None:
+        """A publisher stopped for good (e.g. a sequence conflict under this gateway id):
+        decisions could no longer reach the stream, so the gateway must not decide more.
+        Shut down; :meth:`run` raises the error once everything is stopped."""
+        if self.fatal_error is None:
+            self.fatal_error = error
+        log.critical("shutting the gateway down: %s", error)
+        self.request_stop()
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -353,6 +367,8 @@ class GatewayApp:
             for companion in reversed(started):
                 await companion.stop()
             await self.stop()
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     async def stop(self) -> None:
         """Graceful shutdown of whatever was started. Idempotent."""

@@ -35,6 +35,20 @@ Pipelining and the event loop
     order path. The loop yields after every batch, so the order path waits at most one
     batch's worth of publishing.
 
+Sequence continuity
+    JetStream de-duplicates by ``Nats-Msg-Id`` (``<gateway_id>:<sequence>``) within its
+    duplicate window, so a gateway whose outbox restarts at sequence 1 under an id that
+    already published (a lost or wiped data directory, a second gateway with the same id)
+    would have its new decisions dropped as "duplicates" of the old ones: lost. Before it
+    publishes on a connection, the publisher therefore reads the stream's last message on
+    its subject; if that message's sequence is beyond the outbox's ``last_sequence``, it
+    stops for good with :class:`DecisionSequenceConflictError` (the outbox keeps every
+    decision) and calls ``on_fatal``; the gateway then shuts down with that message rather
+    than decide orders it cannot publish. :meth:`wait_connected` returns True only once
+    this check has passed on the current connection. (Two gateways started from copies
+    of one data directory share a sequence space too; that the check cannot see: gateway
+    ids must be unique per running gateway, see docs/nats.md.)
+
 NATS outages
     The connection reconnects forever. A dropped connection cancels the running publish
     attempt at once (replies sent to a dead connection never come); while disconnected
@@ -171,6 +185,13 @@ class PublishRejectedError(DecisionPublisherError):
     stream: it is re-ensured before the retry)."""
 
 
+class DecisionSequenceConflictError(Exception):
+    """The stream already holds a message of this gateway id with a sequence beyond the
+    outbox's last one: publishing would collide with it (see "Sequence continuity" in the
+    module docstring). Not retried: it needs an operator (a new gateway id, or the data
+    directory that belongs to this one)."""
+
+
 class DecisionStreamConfigError(DecisionPublisherError):
     """The existing target stream (``PRETRADE_DECISIONS``, ``PRETRADE_EVENTS``) cannot hold
     messages durably (e.g. memory storage) and cannot be changed in place; an operator must
@@ -259,7 +280,10 @@ class DecisionPublisher:
         duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S,
         reconnect_wait_s: float = DEFAULT_RECONNECT_WAIT_S,
         metric_hooks: PublisherMetricHooks | None = None,
+        on_fatal: Callable[[BaseException], object] | None = None,
     ) -> None:
+        """``on_fatal(error)`` is called (on the loop) if publishing stops for good, e.g.
+        with :class:`DecisionSequenceConflictError`; the gateway shuts down on it."""
         if batch_max < 1 or max_inflight_batches < 1:
             raise ValueError("batch_max and max_inflight_batches must be at least 1")
         self._outbox = outbox
@@ -281,10 +305,15 @@ class DecisionPublisher:
         self._on_duplicates = _count_hook(hooks.duplicates_dropped)
         self._on_failure = _count_hook(hooks.publish_failures)
         self.counters = PublisherCounters()
+        self._on_fatal = on_fatal
+        #: Why publishing stopped for good (None while it runs or stopped normally).
+        self.fatal_error: BaseException | None = None
 
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._connected = asyncio.Event()
+        #: Set once the stream is ensured and the sequence check passed on this connection.
+        self._stream_verified = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._stop_syncing = asyncio.Event()
         self._stream_ready = False
@@ -345,14 +374,15 @@ class DecisionPublisher:
             raise RuntimeError("DecisionPublisher.start() called twice")
         servers = [nats_url] if isinstance(nats_url, str) else list(nats_url)
         self._publish_task = asyncio.create_task(self._run(servers), name=f"publisher-{self._target.stream}-{self._gateway_id}")
-        self._publish_task.add_done_callback(_log_unexpected_end)
+        self._publish_task.add_done_callback(self._on_publish_task_end)
         self._sync_task = asyncio.create_task(self._sync_periodically(), name=f"outbox-sync-{self._target.stream}")
         self._sync_task.add_done_callback(_log_unexpected_end)
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the NATS connection; return whether it is up."""
+        """Wait up to ``timeout_s`` for the NATS connection, with the stream ensured and the
+        sequence continuity checked on it (module docstring); return whether it is up."""
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            await asyncio.wait_for(self._stream_verified.wait(), timeout_s)
         except TimeoutError:
             return False
         return self.connected
@@ -466,8 +496,30 @@ class DecisionPublisher:
     async def _ensure_stream_and_publish(self) -> None:
         if not self._stream_ready:
             await self._ensure_stream()
+            await self._check_sequence_continuity()
             self._stream_ready = True
+            self._stream_verified.set()
         await self._publish_until_idle()
+
+    async def _check_sequence_continuity(self) -> None:
+        """Raise :class:`DecisionSequenceConflictError` if the stream's last message on our
+        subject carries a sequence beyond the outbox's last one (module docstring)."""
+        assert self._js is not None
+        try:
+            last = await self._js.get_last_msg(self._target.stream, self._subject)
+        except nats.js.errors.NotFoundError:
+            return  # nothing published under this gateway id (or the stream was purged)
+        message_id = (last.headers or {}).get(MSG_ID_HEADER, "")
+        gateway_id, _, sequence = message_id.rpartition(":")
+        if gateway_id != self._gateway_id or not sequence.isdigit():
+            return  # not written by a pretrade gateway under this id: nothing to collide with
+        if int(sequence) > self._outbox.last_sequence:
+            raise DecisionSequenceConflictError(
+                f"gateway id {self._gateway_id!r} already has sequence {int(sequence)} in JetStream stream "
+                f"{self._target.stream}, but its outbox {self._outbox.path} ends at {self._outbox.last_sequence}: "
+                "another gateway uses this id, or this is not its data directory. Start with a new "
+                "--gateway-id, or with the data directory that belongs to this id"
+            )
 
     async def _wait_for_work(self) -> None:
         self._wakeup.clear()
@@ -617,6 +669,8 @@ class DecisionPublisher:
                 "NATS disconnected; decisions accumulate in the outbox (%d unpublished)", self._outbox.depth
             )
         self._connected.clear()
+        self._stream_verified.clear()
+        self._stream_ready = False  # the server may have been replaced: ensure and check again
         # Replies to what was sent on the lost connection will never come: end the attempt
         # now and retry after the reconnect instead of waiting for timeouts.
         if self._attempt is not None:
@@ -629,6 +683,15 @@ class DecisionPublisher:
 
     async def _on_closed(self) -> None:
         self._connected.clear()
+        self._stream_verified.clear()
+
+    def _on_publish_task_end(self, task: asyncio.Task[None]) -> None:
+        _log_unexpected_end(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        self.fatal_error = task.exception()
+        if self._on_fatal is not None:
+            self._on_fatal(self.fatal_error)
 
     async def _on_nats_error(self, error: Exception) -> None:
         # Called on every failed (re)connect attempt; the disconnect itself is logged once.

@@ -35,10 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import AsyncGatewayClient, GatewayClient, make_order, make_reference_price
 from gateway.auth import ensure_demo_tokens
 from gateway.config import OUTBOX_SUBDIR
+from gateway.app import GatewayApp
 from gateway.outbox import DecisionOutbox
+from gateway.publisher import DecisionSequenceConflictError
 from gateway.subjects import DECISIONS_STREAM, decisions_subject
 from pretrade.v1 import gateway_pb2, types_pb2
-from tests.clients.gateway_harness import GATEWAY_ID, running_gateway, write_rules
+from tests.clients.gateway_harness import GATEWAY_ID, gateway_config, running_gateway, write_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -382,3 +384,28 @@ def test_gateway_killed_with_sigkill_publishes_every_answered_decision_after_res
         second.stop()
     assert after_restart[0].sequence == last_before_kill + 1, "sequences continue after the last one answered"
     assert_published_exactly_once(published, received + after_restart)
+
+
+async def test_a_second_life_under_a_used_gateway_id_refuses_to_run(tmp_path, nats_server):
+    """A gateway started with a fresh data directory under an id whose decisions are in the
+    stream would restart sequences at 1, and JetStream would drop its decisions as
+    duplicates of the old ones. It shuts down instead, naming the conflict, before it
+    becomes ready (health SERVING waits for the check); the first life's decisions stay as
+    they were."""
+    rules_path = write_rules(tmp_path, ACCEPT_ALL_RULES)
+    async with running_gateway(tmp_path / "first-life", rules_path, nats_url=nats_server.url) as gateway:
+        await gateway.set_reference_prices(symbols=("AAPL",), stale=())
+        async with gateway.client() as client:
+            answered = [await client.check_order(order(number)) for number in range(3)]
+        await gateway.wait_published()
+    wiped = tmp_path / "wiped"
+    wiped.mkdir()
+    config = gateway_config(
+        wiped, rules_path, nats_url=nats_server.url, tokens_path=ensure_demo_tokens(wiped).hashes_path
+    )
+    app = GatewayApp(config)
+    with pytest.raises(DecisionSequenceConflictError, match=f"gateway id '{GATEWAY_ID}' already has sequence"):
+        await asyncio.wait_for(app.run(), GATEWAY_START_TIMEOUT_S)
+    assert app.fatal_error is not None and app.publisher.fatal_error is app.fatal_error
+    published = await published_decisions(nats_server.url, GATEWAY_ID)
+    assert [decision.sequence for decision in published] == [decision.sequence for decision in answered]

@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.outbox import DecisionOutbox
-from gateway.publisher import DecisionPublisher, PublisherMetricHooks
+from gateway.publisher import DecisionPublisher, DecisionSequenceConflictError, PublisherMetricHooks
 from gateway.subjects import DECISIONS_STREAM, MSG_ID_HEADER, decisions_subject
 from pretrade.v1 import types_pb2
 
@@ -342,6 +342,64 @@ async def test_republished_decisions_are_dropped_as_duplicates(nats_server, tmp_
     assert publisher.counters.decisions_published == 6
     messages, total = await read_stream(nats_server.url)
     assert_exactly_once_in_order(messages, total, sequences)
+
+
+async def test_a_fresh_outbox_under_a_used_gateway_id_stops_before_publishing(
+    nats_server, tmp_path, make_decision_payload
+):
+    """A wiped data directory restarts sequences at 1; JetStream would drop those new
+    decisions as duplicates of the old ones. The publisher refuses instead, keeps them in
+    the outbox and reports the conflict."""
+    with DecisionOutbox(tmp_path / "first-life") as box:
+        publisher = DecisionPublisher(box, GATEWAY_ID, **FAST)
+        await publisher.start(nats_server.url)
+        append_decisions(box, 5, make_decision_payload)
+        publisher.notify()
+        await eventually(lambda: box.depth == 0, 10, "the first life's decisions published")
+        await publisher.stop()
+    fatal_errors = []
+    with DecisionOutbox(tmp_path / "wiped") as box:
+        publisher = DecisionPublisher(box, GATEWAY_ID, on_fatal=fatal_errors.append, **FAST)
+        await publisher.start(nats_server.url)
+        append_decisions(box, 2, make_decision_payload)
+        publisher.notify()
+        assert not await publisher.wait_connected(2)
+        await eventually(lambda: fatal_errors, 5, "the conflict reported")
+        await publisher.stop(flush_timeout_s=0.1)
+        assert box.depth == 2
+    (error,) = fatal_errors
+    assert isinstance(error, DecisionSequenceConflictError) and publisher.fatal_error is error
+    assert f"already has sequence 5 in JetStream stream {DECISIONS_STREAM}" in str(error)
+    assert "ends at 2" in str(error) and "--gateway-id" in str(error)
+    messages, total = await read_stream(nats_server.url)
+    assert_exactly_once_in_order(messages, total, [1, 2, 3, 4, 5])
+
+
+async def test_the_outbox_that_published_the_stream_continues_it(nats_server, tmp_path, make_decision_payload):
+    """The same data directory after a restart (and another gateway id beside it) is no
+    conflict: both go on publishing."""
+    path = tmp_path / "outbox"
+    with DecisionOutbox(tmp_path / "other") as other:
+        publisher = DecisionPublisher(other, "gw-other", **FAST)
+        await publisher.start(nats_server.url)
+        append_decisions(other, 7, make_decision_payload)
+        publisher.notify()
+        await eventually(lambda: other.depth == 0, 10, "the other gateway's decisions published")
+        await publisher.stop()
+    sequences = []
+    for _ in range(2):
+        with DecisionOutbox(path) as box:
+            publisher = DecisionPublisher(box, GATEWAY_ID, **FAST)
+            await publisher.start(nats_server.url)
+            assert await publisher.wait_connected(5)
+            sequences += append_decisions(box, 3, make_decision_payload)
+            publisher.notify()
+            await eventually(lambda: box.depth == 0, 10, "the outbox to drain")
+            await publisher.stop()
+            assert publisher.fatal_error is None
+    messages, total = await read_stream(nats_server.url)
+    assert sorted(int(m.headers[MSG_ID_HEADER].rpartition(":")[2]) for m in messages) == sequences
+    assert total == 13  # 7 of gw-other and ours
 
 
 async def test_deleted_stream_is_recreated(nats_server, outbox, make_decision_payload):
