@@ -23,6 +23,7 @@ grace period, flush the outbox to JetStream, stop the embedded nats-server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -211,6 +212,12 @@ class GatewayApp:
         except BaseException:
             await self.stop()
             raise
+        # Everything built so far (modules, protobuf descriptors, compiled rules, servers)
+        # lives as long as the process. Moved out of the collector's generations, it is no
+        # longer traversed by every full collection, each of which would otherwise pause
+        # the order path's thread (the imports alone are ~50,000 objects, ~10 ms to traverse).
+        gc.collect()
+        gc.freeze()
         log.info(
             "gateway %s listening on port %d, rules %s (%s), NATS %s",
             config.gateway_id,
