@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd proto/pretrade/v1/*.proto)
+SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd gateway/*.pyx gateway/*.pxd proto/pretrade/v1/*.proto)
 DATA_DIR ?= .pretrade
 RULES ?= examples/rules.toml
 
@@ -38,4 +38,4 @@ bench: install
 	$(BIN)/python -m pytest bench --benchmark-only $(PYTEST_ARGS)
 
 clean:
-	rm -rf build *.egg-info fastpath/*.c fastpath/*.so proto/pretrade/v1/*_pb2*.py* $(VENV)
+	rm -rf build *.egg-info fastpath/*.c fastpath/*.so gateway/*.c gateway/*.so proto/pretrade/v1/*_pb2*.py* $(VENV)

@@ -1,4 +1,4 @@
-"""Build: cythonize the fast-path kernels and generate the protobuf/gRPC code.
+"""Build: cythonize the fast-path kernels (and gateway.wire) and generate the protobuf/gRPC code.
 
 Both steps run on every build (``pip install -e .``, ``python setup.py build_ext
 --inplace``), so a clean clone needs nothing but this file and its build requirements.
@@ -44,22 +44,31 @@ def generate_protos() -> None:
 
 generate_protos()
 
+#: Packages with compiled modules: the kernels (fastpath) and the order path's wire
+#: encoding (gateway.wire).
+COMPILED_PACKAGES = ("fastpath", "gateway")
+
 extensions = [
     Extension(
-        f"fastpath.{pyx.stem}",
+        f"{package}.{pyx.stem}",
         [str(pyx.relative_to(ROOT))],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )
-    for pyx in sorted((ROOT / "fastpath").glob("*.pyx"))
+    for package in COMPILED_PACKAGES
+    for pyx in sorted((ROOT / package).glob("*.pyx"))
 ]
 
 setup(
     packages=find_packages(include=["fastpath*", "gateway*", "ledger*", "halts*", "watchdogs*", "clients*"])
     + ["pretrade", "pretrade.v1"],
     package_dir={"pretrade": "proto/pretrade"},
-    package_data={"fastpath": ["*.pxd", "*.pyi", "py.typed"], "pretrade.v1": ["*.proto", "*.pyi"]},
+    package_data={
+        "fastpath": ["*.pxd", "*.pyi", "py.typed"],
+        "gateway": ["*.pxd", "*.pyi"],
+        "pretrade.v1": ["*.proto", "*.pyi"],
+    },
     ext_modules=cythonize(
         extensions,
         compiler_directives={

@@ -9,7 +9,7 @@ decision published.
 The stack
     One server process (this module run as ``python -m bench.bench_gateway``) hosts two
     gRPC servers on one uvloop: the real gateway (:class:`gateway.app.GatewayApp`, so
-    validation, kernel, decision build, outbox append on LMDB, publisher to a real
+    validation, kernel, decision serialization, outbox append, publisher to a real
     nats-server, metrics) and a no-op :class:`NoopGatewayServicer` served by the same
     :func:`gateway.server.create_server` (same auth and metrics interceptors, same
     options). The client is the SDK in this process. Both are called alternately in rounds
@@ -542,7 +542,7 @@ def drain_to_jetstream(gate: OrderGate, loop) -> None:
 def test_in_process_decide(benchmark, tmp_path, rules_path, bench_nats, scale, fastpath_figures):
     """``OrderGate.decide`` of one validated order: p50 / p99 over single calls."""
     orders = OrderSource("decide")
-    decisions: list[types_pb2.Decision] = []
+    decisions: list[bytes] = []
     with in_process_gate(tmp_path, rules_path, bench_nats.url, DECIDE_GATEWAY_ID) as (gate, loop):
 
         def next_order():
@@ -554,7 +554,7 @@ def test_in_process_decide(benchmark, tmp_path, rules_path, bench_nats, scale, f
         benchmark.pedantic(decide, setup=next_order, rounds=scale.decide_rounds, warmup_rounds=100)
         drain_to_jetstream(gate, loop)
         published = gate.publisher.counters.decisions_published
-
+    decisions = [types_pb2.Decision.FromString(payload) for payload in decisions]
     assert decisions and all(decision.verdict == ACCEPT for decision in decisions)
     assert [decision.sequence for decision in decisions] == list(range(1, len(decisions) + 1))
     assert published == len(decisions)
@@ -581,7 +581,7 @@ def median_call_us(call: Callable[[object], object], arguments: Sequence[object]
 def test_in_process_order_path_by_step(benchmark, tmp_path, rules_path, bench_nats, scale, fastpath_figures):
     """Where the in-process time of a CheckOrder goes: each step of the servicer's hot
     path timed alone on the real objects (p50 µs). "decide, other" is decide minus the
-    steps timed inside it: decision build and serialization, sequence and bookkeeping."""
+    steps timed inside it: decision serialization (gateway.wire), sequence and bookkeeping."""
     steps: dict[str, float] = {}
     calls = scale.step_calls
     source = OrderSource("steps")
@@ -592,7 +592,7 @@ def test_in_process_order_path_by_step(benchmark, tmp_path, rules_path, bench_na
     ):
         servicer = GatewayServicer(gate, validator, metrics=GatewayMetrics())
         engine, metrics = gate.engine, GatewayMetrics()
-        sample_decision = gate.decide(source.take(1))[0]
+        sample_decision = gate.decide(source.take(1))[0]  # serialized, as the outbox holds it
 
         def check(order):
             engine.check(order.account, order.symbol, order.strategy, order.side, order.order_type,
@@ -610,10 +610,9 @@ def test_in_process_order_path_by_step(benchmark, tmp_path, rules_path, bench_na
             requests = [gateway_pb2.CheckOrderRequest(order=order) for order in source.take(calls)]
             steps["validate request"] = median_call_us(validator.check_order_violations, requests)
             steps["kernel check"] = median_call_us(check, source.take(calls))
-            payload = sample_decision.SerializeToString()
-            steps["outbox append (1 decision)"] = median_call_us(append, [payload] * calls)
+            steps["outbox append (1 decision)"] = median_call_us(append, [sample_decision] * calls)
             steps["decision metrics"] = median_call_us(
-                lambda decision: metrics.observe_decision(decision, 1e-6), [sample_decision] * calls
+                lambda failure_codes: metrics.observe_decision(failure_codes, 1e-6), [()] * calls
             )
             steps["publisher notify"] = median_call_us(lambda _: gate.publisher.notify(), range(calls))
             single_order_batches = [(order,) for order in source.take(calls)]

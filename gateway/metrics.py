@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from typing import Callable
 
 import grpc
@@ -28,7 +29,6 @@ from prometheus_client.utils import INF, floatToGoString
 from fastpath.codes import Check
 from gateway.auth import wrap_method_handler
 from gateway.config import parse_host_port
-from pretrade.v1 import types_pb2
 
 #: Check latency buckets, in seconds: 1 us .. 10 ms. A pre-trade check lives in microseconds;
 #: anything past the last bucket is an incident, not a distribution.
@@ -39,7 +39,6 @@ RPC_LATENCY_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-
 
 VERDICT_ACCEPT = "accept"
 VERDICT_REJECT = "reject"
-VERDICT_ACCEPT_VALUE = types_pb2.VERDICT_ACCEPT
 
 
 class DecisionStats(Collector):
@@ -65,17 +64,18 @@ class DecisionStats(Collector):
         self._rejected = 0
         self._failures_by_code = dict.fromkeys((code.name for code in Check), 0)
 
-    def observe(self, decision, latency_s: float) -> None:
-        """Count one decided order (a ``pretrade.v1.Decision``) that took ``latency_s``."""
+    def observe(self, failure_codes: Sequence[str], latency_s: float) -> None:
+        """Count one decided order that took ``latency_s``: accepted when ``failure_codes``
+        (the reason codes of its failed checks) is empty, else rejected."""
         self._bucket_counts[bisect_left(self._bucket_bounds, latency_s)] += 1
         self._latency_sum_s += latency_s
-        if decision.verdict == VERDICT_ACCEPT_VALUE:
+        if not failure_codes:
             self._accepted += 1
         else:
             self._rejected += 1
             failures_by_code = self._failures_by_code
-            for failure in decision.failures:
-                failures_by_code[failure.code] += 1
+            for code in failure_codes:
+                failures_by_code[code] += 1
 
     def collect(self):
         cumulative, buckets = 0, []
@@ -111,7 +111,7 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.decision_stats = DecisionStats()
         self.registry.register(self.decision_stats)
-        #: Record one decided order: ``observe_decision(decision, latency_s)``; on the hot path.
+        #: Record one decided order: ``observe_decision(failure_codes, latency_s)``; on the hot path.
         self.observe_decision = self.decision_stats.observe
         self.replays = Counter(
             "pretrade_decision_replays_total",

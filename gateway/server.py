@@ -43,6 +43,40 @@ class ListenError(OSError):
     """The gateway cannot bind its listen address (in use, or not a local address)."""
 
 
+def serialize_response(response) -> bytes:
+    """A response as it goes on the wire: bytes the order path framed itself
+    (:mod:`gateway.wire`) as they are, a message serialized."""
+    return response if type(response) is bytes else response.SerializeToString()
+
+
+class _MethodHandlerCapture:
+    """Stands in for the server while generated code registers a servicer, to keep the
+    method handlers it builds."""
+
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers) -> None:
+        self.service_name = service_name
+        self.method_handlers = method_handlers
+
+
+def add_gateway_service(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
+    """Register GatewayService like the generated ``add_GatewayServiceServicer_to_server``
+    (same methods, request deserializers), with :func:`serialize_response` as every
+    method's response serializer: CheckOrder, CheckOrders and StreamOrders answer with
+    bytes gateway.wire framed around the recorded decisions, so nothing is serialized
+    twice."""
+    capture = _MethodHandlerCapture()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, capture)
+    handlers = {
+        name: handler._replace(response_serializer=serialize_response)
+        for name, handler in capture.method_handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service_name, handlers),))
+    server.add_registered_method_handlers(capture.service_name, handlers)
+
+
 async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
     """Mark every gateway service SERVING or NOT_SERVING."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -78,7 +112,7 @@ def create_server(
         # silently share its traffic instead of failing to start.
         options=(("grpc.so_reuseport", 0),),
     )
-    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_servicer, server)
+    add_gateway_service(gateway_servicer, server)
     gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in hosted:

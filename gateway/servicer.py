@@ -3,13 +3,16 @@
 Hot path of one order (all on the event loop thread, no ``await`` between deciding and
 recording, so nothing can interleave and sequences are assigned in decision order):
 
-    validate the proto -> engine.check -> build the Decision (next sequence, gateway id,
-    rules version, timestamps, explained failures) -> serialize -> outbox.append ->
-    publisher.notify() -> respond
+    validate the proto -> engine.check -> serialize the Decision (next sequence, gateway
+    id, rules version, timestamps, explained failures; gateway.wire) -> outbox.append ->
+    publisher.notify() -> respond with those same bytes framed into the response
 
 The outbox append happens before the response is returned, so a decision a client has
 seen survives a crash of the gateway (``gateway.outbox``); the publisher copies it to
-JetStream in the background.
+JetStream in the background. A decision is serialized once: the client receives byte for
+byte what is published and ledgered. The servicer's order methods therefore return
+serialized responses, which the server registers with a pass-through serializer
+(``gateway.server``).
 
 Fail closed: an exception while deciding one order turns that order into a REJECT with
 reason code INTERNAL_ERROR (still recorded and published); an accepted order whose decision
@@ -57,6 +60,13 @@ from gateway.config import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.validation import RequestValidator, invalid_argument_status
+from gateway.wire import (
+    REPLAYED_SUFFIX,
+    check_order_response,
+    check_orders_response,
+    encode_decision,
+    stream_orders_response,
+)
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, ledger_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,8 @@ _EXEC_STATUS_TO_PROTO = {
     ExecStatus.OVERFILL: types_pb2.EXECUTION_STATUS_OVERFILL,
     ExecStatus.UNKNOWN_ORDER: types_pb2.EXECUTION_STATUS_UNKNOWN_ORDER,
 }
+VERDICT_ACCEPT = types_pb2.VERDICT_ACCEPT
+VERDICT_REJECT = types_pb2.VERDICT_REJECT
 #: Sequence of a decision that could not be recorded (the decision log failed).
 UNRECORDED_SEQUENCE = 0
 #: How long a control message (kill switch) may wait for one stream's flow control, seconds.
@@ -149,35 +161,10 @@ class OrderStream:
         self._context = context
         self._write_lock = asyncio.Lock()  # decision batches and control messages interleave
 
-    async def send(self, response: gateway_pb2.StreamOrdersResponse) -> None:
+    async def send(self, response: gateway_pb2.StreamOrdersResponse | bytes) -> None:
+        """Write a response: a message (control) or one serialized by gateway.wire."""
         async with self._write_lock:
             await self._context.write(response)
-
-
-class DecisionList(list):
-    """The decisions of a :meth:`OrderGate.decide` call that fills no response: a list
-    with the ``add()`` of a repeated message field."""
-
-    def add(self) -> types_pb2.Decision:
-        decision = types_pb2.Decision()
-        self.append(decision)
-        return decision
-
-
-class SingleDecision:
-    """The one decision slot of a ``CheckOrderResponse``, with the ``add()`` of a repeated
-    field, so that :meth:`OrderGate.decide` builds the decision inside the response."""
-
-    __slots__ = ("response",)
-
-    def __init__(self, response: gateway_pb2.CheckOrderResponse) -> None:
-        self.response = response
-
-    def add(self) -> types_pb2.Decision:
-        return self.response.decision
-
-    def __iter__(self):
-        yield self.response.decision
 
 
 class OrderGate:
@@ -204,6 +191,9 @@ class OrderGate:
         self._metrics = metrics
         self._clock = clock
         self._next_sequence = outbox.last_sequence + 1
+        self._gateway_id_bytes = gateway_id.encode()
+        self._rules_version: str | None = None
+        self._rules_version_utf8 = b""
         #: False while the gateway cannot read or follow the halt state: every order is
         #: then rejected with HALT_STATE_UNAVAILABLE (a halt might be in force). The app
         #: clears it until its halt follower has loaded the state.
@@ -218,77 +208,71 @@ class OrderGate:
         return self._next_sequence - 1
 
     # -- orders -----------------------------------------------------------------------------
-    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None, into=None):
-        """Decide validated orders in order, record the new decisions, return all decisions
-        (replays included) in request order.
-
-        ``into`` is where the decisions are built: a repeated ``Decision`` field of the
-        response being answered (``DecisionBatch.decisions``, ``CheckOrdersResponse.decisions``)
-        or a :class:`SingleDecision` slot, so each decision is built once, in place, instead
-        of being built and then copied into the response (the copy costs as much as the
-        build). Default: a new :class:`DecisionList`. Returns ``into``.
-        """
+    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None) -> list[bytes]:
+        """Decide validated orders in order, record the new decisions, return every decision
+        (replays included) serialized, in request order. The bytes are those recorded in
+        the outbox (and so published and ledgered); the servicer frames them into its
+        responses as they are (:mod:`gateway.wire`)."""
         received_ns = self._clock()
-        decisions = DecisionList() if into is None else into
+        payloads: list[bytes] = []
         records: list[tuple[int, bytes]] = []
         remembered: list[tuple[str, str]] = []
         accepted: list[WorkingOrder] = []
-        latencies: list[tuple[types_pb2.Decision, float]] = []
+        observations: list[tuple[tuple[str, ...], float]] = []
         perf_counter = time.perf_counter
         for order in orders:
             started = perf_counter()
-            decision = decisions.add()
             reply_key = (order.account, order.request_id) if order.request_id else None
             if reply_key is not None:
                 original = self._replies.get(reply_key)
                 if original is not None:
-                    decision.ParseFromString(original)
-                    decision.replayed = True
+                    payloads.append(original + REPLAYED_SUFFIX)
                     continue
             sequence = self._next_sequence
             self._next_sequence = sequence + 1
-            payload, working = self._decide_one(decision, order, sequence, received_ns, stream)
+            payload, failure_codes, working = self._decide_one(order, sequence, received_ns, stream)
+            payloads.append(payload)
             records.append((sequence, payload))
             if working is not None:
                 accepted.append(working)
             if reply_key is not None:
                 self._replies.remember(reply_key, payload)
                 remembered.append(reply_key)
-            latencies.append((decision, perf_counter() - started))
+            observations.append((failure_codes, perf_counter() - started))
         if records:
             try:
                 self.outbox.append(records)
             except Exception as exc:
                 log.exception("decision log append failed; rejecting %d orders unrecorded", len(records))
-                self._undo_unrecorded(decisions, accepted, remembered, exc)
-                return decisions
+                self._undo_unrecorded(orders, payloads, accepted, remembered, received_ns, exc)
+                return payloads
             self.publisher.notify()
         if self._metrics is not None:
-            self._observe(len(orders) - len(latencies), latencies)
-        return decisions
+            self._observe(len(orders) - len(observations), observations)
+        return payloads
 
-    def _observe(self, replays: int, latencies) -> None:
+    def _observe(self, replays: int, observations) -> None:
         """Metrics of a decided batch, once it is recorded; a metrics failure must not turn
         recorded decisions into an error response."""
         try:
             if replays:
                 self._metrics.replays.inc(replays)
             observe = self._metrics.observe_decision
-            for decision, latency_s in latencies:
-                observe(decision, latency_s)
+            for failure_codes, latency_s in observations:
+                observe(failure_codes, latency_s)
         except Exception:
             log.exception("recording decision metrics failed")
 
-    def _decide_one(self, decision, order, sequence: int, received_ns: int, stream: OrderStream | None):
-        """Fill ``decision`` for one order; (serialized decision, new WorkingOrder or None).
-        Never raises: a failure anywhere becomes an INTERNAL_ERROR reject."""
+    def _decide_one(self, order, sequence: int, received_ns: int, stream: OrderStream | None):
+        """(serialized decision, codes of the failed checks (empty when accepted), new
+        WorkingOrder or None) of one order. Never raises: a failure anywhere becomes an
+        INTERNAL_ERROR reject."""
+        if not self.halt_state_available:
+            return self._gateway_reject(
+                order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
+            )
         engine = self.engine
         handle = -1
-        if not self.halt_state_available:
-            self._fill_gateway_reject(
-                decision, order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
-            )
-            return decision.SerializeToString(), None
         try:
             result = engine.check(
                 order.account,
@@ -301,30 +285,31 @@ class OrderGate:
                 order.client_order_id,
                 self._clock(),
             )
-            decision.sequence = sequence
-            decision.gateway_id = self.gateway_id
-            decision.rules_version = engine.version
-            decision.received_ns = received_ns
-            decision.decided_ns = self._clock()
-            decision.order.CopyFrom(order)
+            decided_ns = self._clock()
             if result.accepted:
                 handle = result.handle
-                decision.verdict = types_pb2.VERDICT_ACCEPT
-                decision.order_handle = handle
-            else:
-                decision.verdict = types_pb2.VERDICT_REJECT
-                add_failure = decision.failures.add
-                for failure in engine.failures(result):
-                    add_failure(
+                payload = encode_decision(
+                    VERDICT_ACCEPT, [], sequence, self._gateway_id_bytes, self._rules_version_bytes(),
+                    received_ns, decided_ns, order.SerializeToString(), handle,
+                )
+                return payload, (), self._track(order, handle, stream, sequence)
+            failures = engine.failures(result)
+            payload = encode_decision(
+                VERDICT_REJECT,
+                [
+                    types_pb2.CheckFailure(
                         code=failure.code.name,
                         limit=failure.limit,
                         observed=failure.observed,
                         rule_path=failure.rule_path or "",
                         detail=failure.detail,
-                    )
-            payload = decision.SerializeToString()
-            working = self._track(order, handle, stream, sequence) if handle >= 0 else None
-            return payload, working
+                    ).SerializeToString()
+                    for failure in failures
+                ],
+                sequence, self._gateway_id_bytes, self._rules_version_bytes(),
+                received_ns, decided_ns, order.SerializeToString(), 0,
+            )
+            return payload, tuple(failure.code.name for failure in failures), None
         except Exception as exc:
             log.exception(
                 "order path failed for %s/%s; rejecting with INTERNAL_ERROR",
@@ -333,29 +318,32 @@ class OrderGate:
             )
             if handle >= 0:
                 self._release_quietly(handle)
-            self._fill_gateway_reject(
-                decision, order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
+            return self._gateway_reject(
+                order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
             )
-            return decision.SerializeToString(), None
 
-    def _fill_gateway_reject(
-        self, decision, order, sequence: int, received_ns: int, code: Check, detail: str
-    ) -> None:
-        """Make ``decision`` (whatever it held) a REJECT the gateway decides without the
-        kernel (fail closed)."""
-        decision.Clear()
-        decision.verdict = types_pb2.VERDICT_REJECT
-        decision.failures.add(code=code.name, detail=detail)
-        decision.sequence = sequence
-        decision.gateway_id = self.gateway_id
-        decision.rules_version = self.engine.version
-        decision.received_ns = received_ns
-        decision.decided_ns = self._clock()
-        decision.order.CopyFrom(order)
+    def _gateway_reject(self, order, sequence: int, received_ns: int, code: Check, detail: str):
+        """(serialized REJECT the gateway decides without the kernel (fail closed), its one
+        failure code, None)."""
+        payload = encode_decision(
+            VERDICT_REJECT,
+            [types_pb2.CheckFailure(code=code.name, detail=detail).SerializeToString()],
+            sequence, self._gateway_id_bytes, self._rules_version_bytes(),
+            received_ns, self._clock(), order.SerializeToString(), 0,
+        )
+        return payload, (code.name,), None
 
-    def _undo_unrecorded(self, decisions, accepted, remembered, exc: BaseException) -> None:
+    def _rules_version_bytes(self) -> bytes:
+        """The engine's rules version as UTF-8, encoded once per rules (reload) version."""
+        version = self.engine.version
+        if version is not self._rules_version:
+            self._rules_version = version
+            self._rules_version_utf8 = version.encode()
+        return self._rules_version_utf8
+
+    def _undo_unrecorded(self, orders, payloads, accepted, remembered, received_ns: int, exc: BaseException) -> None:
         """The decision log refused a batch: undo its kernel effects and turn every new
-        decision of it into an unrecorded INTERNAL_ERROR reject, in place."""
+        decision of it into an unrecorded INTERNAL_ERROR reject, in ``payloads``."""
         for working in accepted:
             self._forget(working)
             self._release_quietly(working.handle)
@@ -364,18 +352,12 @@ class OrderGate:
         first_unrecorded = self.outbox.last_sequence + 1
         self._next_sequence = first_unrecorded
         # Replays of decisions recorded earlier stand; everything numbered in this batch
-        # (replays of this batch's own decisions included) was never recorded.
-        for decision in decisions:
-            if decision.sequence >= first_unrecorded:
-                order = types_pb2.Order()
-                order.CopyFrom(decision.order)  # Clear() below would empty the original
-                self._fill_gateway_reject(
-                    decision,
-                    order,
-                    UNRECORDED_SEQUENCE,
-                    decision.received_ns,
-                    Check.INTERNAL_ERROR,
-                    f"error={type(exc).__name__}",
+        # (replays of this batch's own decisions included) was never recorded. A rare
+        # path: reading the sequence back from the bytes is fine here.
+        for index, payload in enumerate(payloads):
+            if types_pb2.Decision.FromString(payload).sequence >= first_unrecorded:
+                payloads[index], _, _ = self._gateway_reject(
+                    orders[index], UNRECORDED_SEQUENCE, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
                 )
 
     def _release_quietly(self, handle: int) -> None:
@@ -566,17 +548,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CheckOrder(self, request, context):  # noqa: N802 (gRPC method name)
         if violations := self.validator.check_order_violations(request):
             await _abort_invalid(context, violations)
-        response = gateway_pb2.CheckOrderResponse()
-        self.gate.decide((request.order,), into=SingleDecision(response))
-        return response
+        (decision,) = self.gate.decide((request.order,))
+        return check_order_response(decision)
 
     @_guarded
     async def CheckOrders(self, request, context):  # noqa: N802
         if violations := self.validator.order_batch_violations(request.orders):
             await _abort_invalid(context, violations)
-        response = gateway_pb2.CheckOrdersResponse()
-        self.gate.decide(request.orders, into=response.decisions)
-        return response
+        return check_orders_response(self.gate.decide(request.orders))
 
     @_guarded
     async def StreamOrders(self, request_iterator, context):  # noqa: N802
@@ -600,13 +579,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     first = False
                 if violations := self.validator.order_batch_violations(request.orders):
                     await _abort_invalid(context, violations)
-                response = gateway_pb2.StreamOrdersResponse()
-                batch = response.decisions
-                batch.batch_id = request.batch_id
-                self.gate.decide(
-                    request.orders, stream if stream.cancel_on_disconnect else None, into=batch.decisions
-                )
-                await stream.send(response)
+                decisions = self.gate.decide(request.orders, stream if stream.cancel_on_disconnect else None)
+                await stream.send(stream_orders_response(request.batch_id, decisions))
         finally:
             del self._streams[stream.stream_id]
             if self._metrics is not None:

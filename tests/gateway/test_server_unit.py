@@ -17,6 +17,12 @@ from gateway.servicer import UNRECORDED_SEQUENCE, OrderGate, OrderStream
 from pretrade.v1 import types_pb2
 from tests.clients.gateway_harness import CHECKS_RULES
 
+
+def decide(gate, orders, stream=None) -> list[types_pb2.Decision]:
+    """``OrderGate.decide`` with its serialized decisions parsed."""
+    return [types_pb2.Decision.FromString(payload) for payload in gate.decide(orders, stream)]
+
+
 NOW_NS = 1_800_000_000_000_000_000
 PRICE = 100 * 10**9
 QTY = 10**9
@@ -83,7 +89,7 @@ def recorded(outbox) -> list[types_pb2.Decision]:
 
 
 def test_an_accepted_order_is_decided_recorded_and_announced(gate, engine, outbox):
-    (decision,) = gate.decide([order(trace_id="t-1")])
+    (decision,) = decide(gate, [order(trace_id="t-1")])
     assert decision.verdict == types_pb2.VERDICT_ACCEPT
     assert (decision.sequence, decision.gateway_id, decision.rules_version) == (1, "gwtest", engine.version)
     assert NOW_NS < decision.received_ns < decision.decided_ns
@@ -96,7 +102,7 @@ def test_an_accepted_order_is_decided_recorded_and_announced(gate, engine, outbo
 
 
 def test_a_rejected_order_carries_explained_failures(gate, engine):
-    (decision,) = gate.decide([order(quantity=2_000 * QTY)])
+    (decision,) = decide(gate, [order(quantity=2_000 * QTY)])
     assert decision.verdict == types_pb2.VERDICT_REJECT
     failure = {f.code: f for f in decision.failures}["MAX_ORDER_QTY_EXCEEDED"]
     assert (failure.limit, failure.observed) == (1_000 * QTY, 2_000 * QTY)
@@ -108,7 +114,7 @@ def test_a_rejected_order_carries_explained_failures(gate, engine):
 def test_sequences_continue_after_the_outbox(engine, outbox, make_decision_payload):
     outbox.append([(1, make_decision_payload(1)), (2, make_decision_payload(2))])
     gate = OrderGate(engine, outbox, CountingPublisher(), "gwtest")
-    decisions = gate.decide([order("a"), order("b", price=PRICE + 10**7)])
+    decisions = decide(gate, [order("a"), order("b", price=PRICE + 10**7)])
     assert [d.sequence for d in decisions] == [3, 4]
     assert gate.last_sequence == outbox.last_sequence == 4
 
@@ -116,9 +122,9 @@ def test_sequences_continue_after_the_outbox(engine, outbox, make_decision_paylo
 def test_a_retry_with_the_same_request_id_replays_without_deciding_again(
     gate, engine, outbox, monkeypatch, metrics
 ):
-    (first,) = gate.decide([order(request_id="r1")])
+    (first,) = decide(gate, [order(request_id="r1")])
     monkeypatch.setattr(engine, "check", lambda *args: pytest.fail("the kernel must not see a replay"))
-    (again,) = gate.decide([order(request_id="r1")])
+    (again,) = decide(gate, [order(request_id="r1")])
     assert again.replayed and not first.replayed
     again.replayed = False
     assert again == first
@@ -127,7 +133,7 @@ def test_a_retry_with_the_same_request_id_replays_without_deciding_again(
 
 
 def test_request_ids_are_per_account_and_replays_work_within_a_batch(gate):
-    decisions = gate.decide([order("a", request_id="r"), order("a", request_id="r"),
+    decisions = decide(gate, [order("a", request_id="r"), order("a", request_id="r"),
                              order("b", account="DUP", request_id="r")])
     assert [d.replayed for d in decisions] == [False, True, False]
     assert [d.sequence for d in decisions] == [1, 1, 2]
@@ -135,8 +141,8 @@ def test_request_ids_are_per_account_and_replays_work_within_a_batch(gate):
 
 def test_the_idempotency_memory_is_bounded(gate):
     for index in range(5):
-        gate.decide([order(f"c{index}", price=PRICE + index * 10**7, request_id=f"r{index}")])
-    (oldest,) = gate.decide([order("c0", price=PRICE, request_id="r0")])
+        decide(gate, [order(f"c{index}", price=PRICE + index * 10**7, request_id=f"r{index}")])
+    (oldest,) = decide(gate, [order("c0", price=PRICE, request_id="r0")])
     assert not oldest.replayed  # forgotten (capacity 4): decided again, here a duplicate id
     assert "DUPLICATE_CLIENT_ORDER_ID" in [f.code for f in oldest.failures]
 
@@ -148,7 +154,7 @@ def test_an_exception_in_the_kernel_rejects_with_internal_error_and_is_recorded(
         raise RuntimeError("kernel bug")
 
     monkeypatch.setattr(engine, "check", explode)
-    decisions = gate.decide([order("a"), order("b")])
+    decisions = decide(gate, [order("a"), order("b")])
     assert [d.verdict for d in decisions] == [types_pb2.VERDICT_REJECT] * 2
     assert [[f.code for f in d.failures] for d in decisions] == [["INTERNAL_ERROR"]] * 2
     assert decisions[0].failures[0].detail == "error=RuntimeError"
@@ -161,19 +167,19 @@ def test_an_accepted_order_whose_decision_cannot_be_built_is_released(gate, engi
         raise ValueError("bookkeeping bug")
 
     monkeypatch.setattr(gate, "_track", fail_tracking)
-    (decision,) = gate.decide([order()])
+    (decision,) = decide(gate, [order()])
     assert [f.code for f in decision.failures] == ["INTERNAL_ERROR"]
     assert working_orders(engine) == 0
 
 
 def test_a_failing_decision_log_rejects_unrecorded_and_undoes_the_batch(gate, engine, outbox, monkeypatch):
-    gate.decide([order("before", request_id="r0")])
+    decide(gate, [order("before", request_id="r0")])
 
     def full(entries):
         raise OutboxFullError("outbox full")
 
     monkeypatch.setattr(outbox, "append", full)
-    decisions = gate.decide([order("a", request_id="r1", price=PRICE + 10**7), order("a", request_id="r1"),
+    decisions = decide(gate, [order("a", request_id="r1", price=PRICE + 10**7), order("a", request_id="r1"),
                              order("before", request_id="r0")])
     assert [d.sequence for d in decisions] == [UNRECORDED_SEQUENCE, UNRECORDED_SEQUENCE, 1]
     assert [f.code for f in decisions[0].failures] == ["INTERNAL_ERROR"]
@@ -184,7 +190,7 @@ def test_a_failing_decision_log_rejects_unrecorded_and_undoes_the_batch(gate, en
     # The retry is decided afresh and numbered contiguously. The kernel has no "un-accept":
     # the released order's client order id (and rate-limit charge) stays remembered, so the
     # retry needs a new client order id.
-    (retry,) = gate.decide([order("a2", request_id="r1", price=PRICE + 2 * 10**7)])
+    (retry,) = decide(gate, [order("a2", request_id="r1", price=PRICE + 2 * 10**7)])
     assert not retry.replayed and retry.sequence == 2 and retry.verdict == types_pb2.VERDICT_ACCEPT
 
 
@@ -204,7 +210,7 @@ def statuses(results) -> list[str]:
 
 
 def test_executions_reach_the_kernel_by_client_order_id(gate, engine):
-    gate.decide([order("c1", quantity=10 * QTY)])
+    decide(gate, [order("c1", quantity=10 * QTY)])
     results = gate.apply_executions([
         execution(types_pb2.EXECUTION_TYPE_PARTIAL_FILL, "e1", quantity=4 * QTY, price=PRICE),
         execution(types_pb2.EXECUTION_TYPE_PARTIAL_FILL, "e1", quantity=4 * QTY, price=PRICE),
@@ -218,7 +224,7 @@ def test_executions_reach_the_kernel_by_client_order_id(gate, engine):
 
 
 def test_a_final_fill_below_the_order_quantity_releases_the_rest(gate, engine):
-    gate.decide([order("c1", quantity=10 * QTY)])
+    decide(gate, [order("c1", quantity=10 * QTY)])
     fill = execution(types_pb2.EXECUTION_TYPE_FILL, "e1", quantity=3 * QTY, price=PRICE)
     results = gate.apply_executions([fill])
     assert statuses(results) == ["APPLIED"]
@@ -226,7 +232,7 @@ def test_a_final_fill_below_the_order_quantity_releases_the_rest(gate, engine):
 
 
 def test_overfills_are_applied_and_flagged(gate, engine):
-    gate.decide([order("c1", quantity=QTY)])
+    decide(gate, [order("c1", quantity=QTY)])
     fill = execution(types_pb2.EXECUTION_TYPE_FILL, "e1", quantity=2 * QTY, price=PRICE)
     results = gate.apply_executions([fill])
     assert statuses(results) == ["OVERFILL"]
@@ -242,15 +248,15 @@ def test_overfills_are_applied_and_flagged(gate, engine):
     ],
 )
 def test_order_ends_without_fill_release_the_reservation(gate, engine, kind):
-    gate.decide([order("c1")])
+    decide(gate, [order("c1")])
     assert statuses(gate.apply_executions([execution(kind, "e1")])) == ["APPLIED"]
     assert working_orders(engine) == 0 and not gate.working
 
 
 def test_cancel_on_disconnect_releases_only_the_streams_working_orders(gate, engine):
     stream = OrderStream(1, "trader", context=None)
-    gate.decide([order("s1"), order("s2", price=PRICE + 10**7)], stream)
-    gate.decide([order("u1", price=PRICE + 2 * 10**7)])
+    decide(gate, [order("s1"), order("s2", price=PRICE + 10**7)], stream)
+    decide(gate, [order("u1", price=PRICE + 2 * 10**7)])
     gate.apply_executions([execution(types_pb2.EXECUTION_TYPE_FILL, "e1", client_order_id="s2", quantity=QTY,
                                      price=PRICE)])
     assert working_orders(engine) == 2
@@ -260,7 +266,7 @@ def test_cancel_on_disconnect_releases_only_the_streams_working_orders(gate, eng
 
 
 def test_decisions_are_counted_by_verdict_and_code(gate, metrics):
-    gate.decide([order("a"), order("b", quantity=2_000 * QTY)])
+    decide(gate, [order("a"), order("b", quantity=2_000 * QTY)])
     registry = metrics.registry
     assert registry.get_sample_value("pretrade_decisions_total", {"verdict": "accept"}) == 1
     assert registry.get_sample_value("pretrade_decisions_total", {"verdict": "reject"}) == 1

@@ -33,12 +33,12 @@ from gateway.auth import (
 )
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionPublisher
+from gateway.server import add_gateway_service
 from gateway.servicer import GatewayServicer, OrderGate
 from halts.follower import HaltFollower
 from halts.manager import HaltManager
 from halts.servicer import HALT_METHOD_ROLES, add_halt_service
 from halts.store import HaltStore
-from pretrade.v1 import gateway_pb2_grpc
 
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
 GATEWAY_ID = "gw-halts"
@@ -112,7 +112,7 @@ class InProcessGateway:
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(store, {**DEFAULT_METHOD_ROLES, **HALT_METHOD_ROLES})]
         )
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.gateway_servicer, self._server)
+        add_gateway_service(self.gateway_servicer, self._server)
         add_halt_service(self._server, self.manager)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()

@@ -20,6 +20,12 @@ from tests.clients.gateway_harness import CHECKS_RULES, write_rules
 from tests.gateway.test_server_unit import PRICE, QTY, Clock, CountingPublisher, order
 from tests.ledger.ingest_harness import connect
 
+
+def decide(gate, orders, stream=None) -> list[types_pb2.Decision]:
+    """``OrderGate.decide`` with its serialized decisions parsed."""
+    return [types_pb2.Decision.FromString(payload) for payload in gate.decide(orders, stream)]
+
+
 GATEWAY_ID = "gwtest"
 
 
@@ -64,7 +70,7 @@ def execution(client_order_id: str, execution_id: str, execution_type=types_pb2.
 
 
 def test_every_execution_report_is_recorded_with_its_status_and_decision(gate, event_outbox):
-    (accepted,) = gate.decide([order("c1")])
+    (accepted,) = decide(gate, [order("c1")])
     reports = [execution("c1", "ex-1", types_pb2.EXECUTION_TYPE_PARTIAL_FILL, QTY // 2), execution("c1", "ex-1"),
                execution("nope", "ex-2")]
     results = gate.apply_executions(reports)
