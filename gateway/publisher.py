@@ -27,7 +27,7 @@ Pipelining and the event loop
     Decisions go out as JetStream publishes (a core publish with a reply subject, which
     the stream answers with a ``PubAck``) in batches of ``batch_max``; up to
     ``max_inflight_batches`` batches await their acks at once, and a batch is removed from
-    the outbox (one short write transaction) as soon as it and every earlier batch are
+    the outbox (one O(1) ``remove_through``) as soon as it and every earlier batch are
     acked. Replies arrive on one wildcard inbox subscription and are matched by the
     sequence at the end of the reply subject; this costs half the CPU of nats-py's
     ``js.publish_async`` (a future, a NUID and a full JSON/dataclass parse per message),
@@ -101,8 +101,8 @@ from gateway.subjects import (
 
 log = logging.getLogger(__name__)
 
-#: Decisions per publish batch, which is also the unit of outbox removal (~0.3 µs per entry
-#: on the event loop) and the most the order path waits while the publisher runs.
+#: Decisions per publish batch, which is also the unit of outbox removal (one O(1)
+#: ``remove_through``) and the most the order path waits while the publisher runs.
 DEFAULT_PUBLISH_BATCH_MAX = 64
 #: Batches published and awaiting their acks at once; bounds memory and re-publishes.
 DEFAULT_MAX_INFLIGHT_BATCHES = 16

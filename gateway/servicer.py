@@ -124,7 +124,7 @@ class GatewayEventLog:
 
     :meth:`record` numbers events ``last_sequence + 1, ...`` of the event outbox (their own
     sequence space, contiguous per gateway like decisions'), stamps gateway id and time,
-    appends them in one outbox transaction (no fsync: the process-crash guarantee of
+    appends them in one outbox append (no fsync: the process-crash guarantee of
     ``gateway.outbox``) and wakes the publisher (a ``DecisionPublisher`` with
     ``target=EVENTS_TARGET``). Called on the event loop thread only. Raises the outbox's
     errors: the caller decides what an unrecorded event means for its RPC.
