@@ -200,3 +200,15 @@ async def running_gateway(
         yield RunningGateway(app, f"127.0.0.1:{app.port}", demo.tokens)
     finally:
         await asyncio.wait_for(app.stop(), STOP_TIMEOUT_S)
+
+
+def write_up_watchdogs(directory: Path) -> Path:
+    """A watchdogs file for ``pretrade up`` in tests: every watchdog at its defaults, like
+    ``up`` without ``--watchdogs``, but the worker's status endpoint on a free port instead
+    of the fixed default (127.0.0.1:9470), so a test never depends on that port being free."""
+    from watchdogs.config import WATCHDOG_CLASSES
+
+    path = directory / "watchdogs.toml"
+    tables = "".join(f"\n[watchdogs.{kind}]\n" for kind in WATCHDOG_CLASSES)
+    path.write_text(f'[worker]\nstatus_listen = "127.0.0.1:0"\n{tables}')
+    return path

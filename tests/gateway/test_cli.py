@@ -22,7 +22,7 @@ import pytest
 from clients import GatewayClient
 from gateway.auth import TokenStore
 from gateway.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, main
-from tests.clients.gateway_harness import CHECKS_RULES, running_gateway, write_rules
+from tests.clients.gateway_harness import CHECKS_RULES, running_gateway, write_rules, write_up_watchdogs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,7 +222,8 @@ def test_up_runs_the_whole_system_and_the_printed_first_order_works(tmp_path, ca
     rules = write_rules(tmp_path, EXAMPLE_RULES.read_text())
     data_dir = tmp_path / "data"
     up = UpProcess(["up", "--rules", str(rules), "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-                    "--metrics-listen", "127.0.0.1:0"], tmp_path / "up.stderr")
+                    "--metrics-listen", "127.0.0.1:0", "--watchdogs", str(write_up_watchdogs(tmp_path))],
+                   tmp_path / "up.stderr")
     try:
         banner = up.read_until("Ctrl-C stops", UP_START_TIMEOUT_S)
         text = "\n".join(banner)

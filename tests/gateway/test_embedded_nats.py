@@ -23,7 +23,7 @@ from gateway.embedded_nats import (
     NatsServerStartError,
     find_nats_server_binary,
 )
-from tests.clients.gateway_harness import CHECKS_RULES
+from tests.clients.gateway_harness import CHECKS_RULES, write_up_watchdogs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +193,8 @@ def test_pretrade_up_killed_with_sigkill_leaves_no_nats_server_and_starts_again(
     rules.write_text(CHECKS_RULES)
     data_dir = tmp_path / "data"
     argv = [sys.executable, "-m", "gateway.cli", "up", "--rules", str(rules), "--data-dir", str(data_dir),
-            "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--json", "--log-level", "WARNING"]
+            "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--watchdogs", str(write_up_watchdogs(tmp_path)),
+            "--json", "--log-level", "WARNING"]
     for attempt in ("first", "second"):
         up = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
