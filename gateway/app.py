@@ -39,7 +39,7 @@ from fastpath.errors import RulesError
 from fastpath.rules import load_rules, load_rules_with_text
 from gateway.aio import cancel_until_done
 from gateway.auth import TokenStore
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, claim_data_dir
 from gateway.embedded_nats import EmbeddedNats
 from gateway.marketdata import ReferencePriceSubscriber
 from gateway.metrics import GatewayMetrics, MetricsHttpServer
@@ -134,6 +134,7 @@ class GatewayApp:
         try:
             rules, rules_text = load_rules_with_text(config.rules_path)
             tokens = TokenStore.load(config.tokens_path)
+            claim_data_dir(config.data_dir, config.gateway_id)
             self.engine = Engine(rules, **config.engine_options)
             self._outbox = DecisionOutbox(config.outbox_path)
             self._event_outbox = DecisionOutbox(Path(config.data_dir) / EVENTS_OUTBOX_SUBDIR)

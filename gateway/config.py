@@ -7,6 +7,7 @@ its unit in the name or the comment.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,44 @@ DEFAULT_PUBLISH_FLUSH_TIMEOUT_S = 5.0
 DEFAULT_NATS_CONNECT_TIMEOUT_S = 10.0
 
 OUTBOX_SUBDIR = "outbox"
+#: The file in a data directory that names the gateway id it belongs to (one line).
+GATEWAY_ID_FILE = "gateway-id"
 _POSITIVE_SETTINGS = ("max_concurrent_rpcs", "max_open_streams", "idempotency_capacity", "execution_dedup_capacity")
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work (one line naming the setting)."""
+
+
+class GatewayIdMismatchError(ConfigError):
+    """The data directory belongs to another gateway id (see :func:`claim_data_dir`)."""
+
+
+def claim_data_dir(data_dir: str | os.PathLike[str], gateway_id: str) -> None:
+    """Bind ``data_dir`` to ``gateway_id``, or raise :class:`GatewayIdMismatchError`.
+
+    The outboxes in a data directory number decisions in one gateway id's sequence space
+    (JetStream de-duplicates, and the ledger checks contiguity, per id). Started under
+    another id (a changed ``--gateway-id``, or the host-name default after a move to
+    another host) the gateway would publish the old id's pending decisions under the new
+    id and continue the old sequences there. The first start writes the id to
+    ``<data_dir>/gateway-id``; every later start must match it.
+    """
+    path = Path(data_dir) / GATEWAY_ID_FILE
+    try:
+        claimed = path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(GATEWAY_ID_FILE + ".tmp")
+        staging.write_text(gateway_id + "\n")
+        os.replace(staging, path)
+        return
+    if claimed != gateway_id:
+        raise GatewayIdMismatchError(
+            f"data directory {data_dir} belongs to gateway id {claimed!r}, not {gateway_id!r} "
+            f"(its outbox holds that id's sequences): start it with --gateway-id {claimed}, "
+            f"or give {gateway_id!r} its own --data-dir"
+        )
 
 
 def default_gateway_id() -> str:

@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import AsyncGatewayClient, GatewayClient, make_order, make_reference_price
 from gateway.auth import ensure_demo_tokens
-from gateway.config import OUTBOX_SUBDIR
+from gateway.config import GATEWAY_ID_FILE, OUTBOX_SUBDIR, GatewayIdMismatchError
 from gateway.app import GatewayApp
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionSequenceConflictError
@@ -409,3 +409,21 @@ async def test_a_second_life_under_a_used_gateway_id_refuses_to_run(tmp_path, na
     assert app.fatal_error is not None and app.publisher.fatal_error is app.fatal_error
     published = await published_decisions(nats_server.url, GATEWAY_ID)
     assert [decision.sequence for decision in published] == [decision.sequence for decision in answered]
+
+
+async def test_a_data_directory_is_refused_under_another_gateway_id(tmp_path, nats_server):
+    """The outbox holds one gateway id's sequence space: started under another id (a changed
+    --gateway-id, or the host-name default on a new host) the gateway would publish the old
+    id's decisions as the new one's. It refuses, naming both ids; the rightful id starts."""
+    rules_path = write_rules(tmp_path, ACCEPT_ALL_RULES)
+    data_dir = tmp_path / "data"
+    async with running_gateway(data_dir, rules_path, nats_url=nats_server.url) as gateway:
+        await gateway.set_reference_prices(symbols=("AAPL",), stale=())
+        async with gateway.client() as client:
+            await client.check_order(order(1))
+    with pytest.raises(GatewayIdMismatchError, match=f"belongs to gateway id '{GATEWAY_ID}', not 'gw-other'"):
+        async with running_gateway(data_dir, rules_path, nats_url=nats_server.url, gateway_id="gw-other"):
+            pass
+    async with running_gateway(data_dir, rules_path, nats_url=nats_server.url) as gateway:
+        assert gateway.app.gate.last_sequence == 1
+    assert (data_dir / GATEWAY_ID_FILE).read_text() == f"{GATEWAY_ID}\n"
