@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.aio import cancel_until_done
 from pretrade.v1 import halts_pb2, halts_pb2_grpc, ledger_pb2, trading_pb2, types_pb2, watchdogs_pb2
 from watchdogs import subjects
 from watchdogs.config import WatchdogsConfig, WebhookConfig
@@ -323,9 +324,7 @@ class WebhookSender:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_until_done([self._task])
 
 
 class WatchdogWorker:
@@ -490,11 +489,7 @@ class WatchdogWorker:
             self._status_server.close()
             await self._status_server.wait_closed()
             self._status_server = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_until_done(self._tasks)
         self._tasks.clear()
         await self._webhooks.stop()
         if self._nc is not None:
