@@ -66,6 +66,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
@@ -78,6 +89,7 @@ def _common_options() -> argparse.ArgumentParser:
 def register(subparsers) -> None:
     """Add ``ledger`` and its subcommands to the ``pretrade`` subparsers. Each sets
     ``handler(args) -> exit code``; handlers raise on errors (the caller prints one line)."""
+    from ledger.health import DEFAULT_HEALTH_INTERVAL_S, HEALTH_INTERVAL_ENV
     from ledger.ingest import DEFAULT_CHECKPOINT_EVERY_ENTRIES, DEFAULT_CHECKPOINT_INTERVAL_MS, DEFAULT_ORIGIN
     from ledger.merkle import DEFAULT_HASH_NAME, HASHERS
 
@@ -94,6 +106,13 @@ def register(subparsers) -> None:
     run.add_argument("--hash", default=DEFAULT_HASH_NAME, choices=sorted(HASHERS), help="hash of a new ledger")
     run.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY_ENTRIES, metavar="ENTRIES")
     run.add_argument("--checkpoint-interval-ms", type=int, default=DEFAULT_CHECKPOINT_INTERVAL_MS, metavar="MS")
+    run.add_argument(
+        "--health-interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"publish ledger_lag_s and ledger_verified for db_watchdog every SECONDS, 0: never "
+        f"(default: ${HEALTH_INTERVAL_ENV}, else {DEFAULT_HEALTH_INTERVAL_S:g})",
+    )
     run.add_argument("--log-level", default=DEFAULT_LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(handler=_cmd_run)
 
@@ -204,9 +223,13 @@ def _cmd_run(args) -> int:
     import signal
 
     from ledger.layout import load_signer
-    from ledger.runtime import LedgerRuntime
+    from ledger.runtime import LedgerRuntime, health_interval
     from ledger.service import create_ledger_server
 
+    try:
+        health_interval_s = health_interval(args.health_interval)  # the flag, else the environment
+    except ValueError as exc:
+        raise LedgerCommandError(str(exc)) from None
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -220,6 +243,7 @@ def _cmd_run(args) -> int:
             "checkpoint_every_entries": args.checkpoint_every,
             "checkpoint_interval_ms": args.checkpoint_interval_ms,
         },
+        health_interval_s=health_interval_s,
     )
 
     async def serve() -> None:

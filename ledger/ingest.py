@@ -32,7 +32,11 @@ have buffered, up to ``commit_batch_max_entries``, into ONE write transaction (e
 tree nodes, indexes, de-duplication table and positions; one fsync pair), so durable
 ingest costs one fsync per commit, not per entry, and commits grow with the load.
 Decoding, hashing and the transaction run in a worker thread, keeping the event loop free
-for NATS I/O; they are CPU-bound Python, so the loop and the commit share one core.
+for NATS I/O; they are CPU-bound Python, so the loop and the commit share one core. What
+each entry costs is therefore what bounds ingest (docs/ledger.md, "Throughput"): the
+connection hands the pull consumers' deliveries over as bare bodies and reply subjects
+(``ledger.natsraw``), decisions are decoded into index keys in one loop per batch
+(``ledger.index.index_payloads``), and one ack per source and commit covers the batch.
 
 Checkpoints. After ``checkpoint_every_entries`` new entries, or ``checkpoint_interval_ms``
 after the last checkpoint when there are new entries, the committer stores a checkpoint
@@ -73,6 +77,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -97,9 +102,10 @@ from ledger.health import (
     TailVerifier,
     health_metric,
 )
-from ledger.index import IndexedEntry, LedgerIndexes, indexed_entry
+from ledger.index import IndexedBatch, LedgerIndexes, index_payloads
 from ledger.checkpoint import NoteSigner
 from ledger.merkle import DEFAULT_HASH_NAME
+from ledger.natsraw import RawDeliveryParser
 from ledger.store import LMDB_DATA_FILE, LedgerStore, StoredCheckpoint
 
 log = logging.getLogger(__name__)
@@ -286,60 +292,70 @@ class LedgerWriter:
         Such a commit writes nothing to LMDB (no fsync for nothing), so after a restart the
         same duplicates are delivered and dropped again.
         """
-        candidates: dict[bytes, IndexedEntry] = {}
+        indexed = IndexedBatch()
         positions = dict(self._positions)
         duplicates = malformed = conflicts = 0
         for batch in batches:
             source = batch.source
             positions[source.name] = max(positions.get(source.name, 0), batch.last_stream_sequence)
-            for payload in batch.payloads:
-                try:
-                    indexed = indexed_entry(source.kind, payload)
-                except EntryFormatError as exc:
-                    malformed += 1
-                    log.warning(
-                        "%s: a message up to sequence %d is not a valid entry, skipped: %s",
-                        source.stream,
-                        batch.last_stream_sequence,
-                        exc,
-                    )
-                    continue
-                earlier = candidates.get(indexed.identity)
-                if earlier is None:
-                    candidates[indexed.identity] = indexed
-                elif self._is_same(indexed, earlier.entry, "an earlier message of the batch"):
+            errors: list[EntryFormatError] = []
+            index_payloads(source.kind, batch.payloads, errors.append, into=indexed)
+            for exc in errors:
+                malformed += 1
+                log.warning(
+                    "%s: a message up to sequence %d is not a valid entry, skipped: %s",
+                    source.stream,
+                    batch.last_stream_sequence,
+                    exc,
+                )
+        entries, identities = indexed.entries, indexed.identities
+        kept: list[int] | None = None  # positions of the entries to append (None: all)
+        if len(set(identities)) != len(identities):  # the same identity twice: keep the first
+            first_at: dict[bytes, int] = {}
+            kept = []
+            for position, identity in enumerate(identities):
+                earlier = first_at.setdefault(identity, position)
+                if earlier == position:
+                    kept.append(position)
+                elif self._is_same(identity, entries[position], entries[earlier], "an earlier message of the batch"):
                     duplicates += 1
                 else:
                     conflicts += 1
         with self.store.read_transaction() as txn:
-            existing = self.indexes.find_identities(txn, candidates)
-        for identity, index in existing.items():
-            if self._is_same(candidates.pop(identity), self.store.entry(index), f"entry {index}"):
-                duplicates += 1
-            else:
-                conflicts += 1
-        new_entries = list(candidates.values())
-        first_index = self.store.append_batch(
-            [indexed.entry for indexed in new_entries], also_write=self.indexes.writer(new_entries, positions)
-        )
+            existing = self.indexes.find_identities(txn, identities)
+        if existing:
+            still_kept = []
+            for position in range(len(identities)) if kept is None else kept:
+                index = existing.get(identities[position])
+                if index is None:
+                    still_kept.append(position)
+                elif self._is_same(identities[position], entries[position], self.store.entry(index), f"entry {index}"):
+                    duplicates += 1
+                else:
+                    conflicts += 1
+            kept = still_kept
+        if kept is not None:
+            indexed = indexed.select(kept)
+        first_index = self.store.append_batch(indexed.entries, also_write=self.indexes.writer(indexed, positions))
+        appended = len(indexed)
         self._positions = positions
         counters = self.counters
-        counters.entries_appended += len(new_entries)
+        counters.entries_appended += appended
         counters.duplicates_dropped += duplicates
         counters.identity_conflicts += conflicts
         counters.malformed_skipped += malformed
         counters.batches_committed += 1
-        return CommitResult(first_index, len(new_entries), duplicates, malformed, conflicts)
+        return CommitResult(first_index, appended, duplicates, malformed, conflicts)
 
     @staticmethod
-    def _is_same(indexed: IndexedEntry, stored_entry: bytes, where: str) -> bool:
+    def _is_same(identity: bytes, entry: bytes, stored_entry: bytes, where: str) -> bool:
         """Whether a repeated identity is a true duplicate; logs a conflict if not."""
-        if indexed.entry == stored_entry:
+        if entry == stored_entry:
             return True
         log.error(
             "identity %r arrived with different bytes than %s: kept out (was the gateway's outbox "
             "reset under the same gateway id?)",
-            indexed.identity,
+            identity,
             where,
         )
         return False
@@ -350,18 +366,26 @@ class LedgerWriter:
             return None
         return max(0, self._checkpointed_ms + self._checkpoint_interval_ms - self._clock_ms())
 
-    def checkpoint_if_due(self, *, now: bool = False) -> StoredCheckpoint | None:
-        """Create a checkpoint if enough entries or enough time passed (module docstring),
-        or with ``now`` whenever there are uncheckpointed entries (at shutdown)."""
+    def checkpoint_due(self, now_ms: int | None = None) -> bool:
+        """Whether enough entries or enough time passed for a checkpoint (module docstring);
+        a read, cheap enough for the event loop."""
         size = self.store.size()
         if size == self._checkpointed_size:
-            return None
+            return False
+        now_ms = self._clock_ms() if now_ms is None else now_ms
+        return (
+            size - self._checkpointed_size >= self._checkpoint_every_entries
+            or now_ms - self._checkpointed_ms >= self._checkpoint_interval_ms
+        )
+
+    def checkpoint_if_due(self, *, now: bool = False) -> StoredCheckpoint | None:
+        """Create a checkpoint if :meth:`checkpoint_due`, or with ``now`` whenever there are
+        uncheckpointed entries (at shutdown)."""
         now_ms = self._clock_ms()
-        if (
-            not now
-            and size - self._checkpointed_size < self._checkpoint_every_entries
-            and now_ms - self._checkpointed_ms < self._checkpoint_interval_ms
-        ):
+        if now:
+            if self.store.size() == self._checkpointed_size:
+                return None
+        elif not self.checkpoint_due(now_ms):
             return None
         checkpoint = self.store.create_checkpoint(self.origin, timestamp_ms=now_ms)
         self._checkpointed_size = checkpoint.checkpoint.tree_size
@@ -382,8 +406,11 @@ class _PullConsumer:
     """The messages of one durable pull consumer, flowing into a buffer the committer takes.
 
     nats-py's ``fetch()`` waits for each message with its own timer and costs about 40 µs
-    a message, which caps ingest near 25k messages/s; here a subscription callback appends
-    each message to a list (a few µs) and pull requests are kept outstanding ahead of need.
+    a message, and even a plain subscription builds a ``Msg`` (parsed headers, decoded
+    subjects) and queues it for a task, about 10 µs; here the connection's
+    :class:`~ledger.natsraw.RawDeliveryParser` appends each delivered body and reply subject
+    straight to this consumer's two lists (a ``Msg`` callback is the fallback on a client
+    without it), and pull requests are kept outstanding ahead of need.
     A request asks for ``batch_max`` messages and expires after ``expires_s``; a new one
     goes out whenever fewer than half a batch of requested messages are still to come,
     provided that buffered, committing and requested messages stay within
@@ -404,9 +431,13 @@ class _PullConsumer:
         self._wake = wake
         self._owed: deque[int] = deque()  # per outstanding request, messages still to come
         self._owed_total = 0
-        self._buffer: list[Msg] = []
+        #: Received, not taken yet: bodies and reply subjects (RawSink; appended in place).
+        self.payloads: list[bytes] = []
+        self.replies: list[bytes] = []
+        self._counted = 0  # of the buffered messages, how many were counted as delivered
         self._committing = 0
         self._subscription = None
+        self._parser: RawDeliveryParser | None = None
         self._stopped = False
         self.broken = asyncio.Event()  # set when the consumer must be re-created
         self.last_heard = time.monotonic()
@@ -418,14 +449,20 @@ class _PullConsumer:
 
     @property
     def uncommitted(self) -> int:
-        return len(self._buffer) + self._committing
+        return len(self.payloads) + self._committing
 
     async def start(self) -> None:
         self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        parser = getattr(self._nc, "_ps", None)
+        if isinstance(parser, RawDeliveryParser):
+            self._parser = parser
+            parser.attach(self._subscription._id, self)
         await self._request_more()
 
     async def stop(self) -> None:
         self._stopped = True
+        if self._parser is not None:
+            self._parser.detach(self._subscription._id)
         if self._subscription is not None:
             try:
                 await self._subscription.unsubscribe()
@@ -433,28 +470,43 @@ class _PullConsumer:
                 pass  # the connection is gone, and the subscription with it
 
     async def _on_message(self, msg: Msg) -> None:
-        self.last_heard = time.monotonic()
+        """The fallback path: a client without :class:`RawDeliveryParser`."""
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         if status is None:
-            self._buffer.append(msg)
-            self._count_delivered()
-            self._wake.set()
-        elif status in _STATUS_REQUEST_ENDED:
+            self.payloads.append(msg.data)
+            self.replies.append(msg.reply.encode())
+            await self.delivered()
+        else:
+            await self.status(status, msg.headers.get("Description", ""))
+
+    async def delivered(self) -> None:
+        """Messages were appended to the buffer (RawSink)."""
+        self.last_heard = time.monotonic()
+        count = len(self.payloads) - self._counted
+        self._counted += count
+        owed = self._owed
+        while count and owed:
+            settled = min(count, owed[0])
+            count -= settled
+            self._owed_total -= settled
+            if settled == owed[0]:
+                owed.popleft()
+            else:
+                owed[0] -= settled
+        self._wake.set()
+        await self._request_more()
+
+    async def status(self, code: str, description: str) -> None:
+        """A status message on the inbox (RawSink)."""
+        self.last_heard = time.monotonic()
+        if code in _STATUS_REQUEST_ENDED:
             if self._owed:
                 self._owed_total -= self._owed.popleft()
-        elif status != _STATUS_HEARTBEAT:
-            description = msg.headers.get("Description", "")
-            log.warning("%s consumer: %s %s; re-creating it", self.source.stream, status, description)
+        elif code != _STATUS_HEARTBEAT:
+            log.warning("%s consumer: %s %s; re-creating it", self.source.stream, code, description)
             self.broken.set()
             return
         await self._request_more()
-
-    def _count_delivered(self) -> None:
-        if self._owed:
-            self._owed_total -= 1
-            self._owed[0] -= 1
-            if self._owed[0] == 0:
-                self._owed.popleft()
 
     async def _request_more(self) -> None:
         while (
@@ -471,11 +523,24 @@ class _PullConsumer:
                 self.broken.set()
                 return
 
-    def take(self, limit: int) -> list[Msg]:
-        """Up to ``limit`` buffered messages, oldest first, handed to the committer."""
-        taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        self._committing += len(taken)
-        return taken
+    def take(self, limit: int) -> tuple[list[bytes], bytes | None]:
+        """Up to ``limit`` buffered bodies, oldest first, handed to the committer, and the
+        reply subject of the last one (None when nothing was buffered)."""
+        count = min(limit, len(self.payloads))
+        if count == 0:
+            return [], None
+        if count == len(self.payloads):
+            taken = self.payloads
+            last_reply = self.replies[-1]
+            self.payloads = []
+            self.replies = []
+        else:
+            taken = self.payloads[:count]
+            last_reply = self.replies[count - 1]
+            del self.payloads[:count], self.replies[:count]
+        self._counted -= count
+        self._committing += count
+        return taken, last_reply
 
     async def committed(self, count: int) -> None:
         """``count`` taken messages are committed (or given up): make room for more."""
@@ -488,7 +553,8 @@ class _TakenBatch:
     """Messages of one consumer in one commit."""
 
     consumer: _PullConsumer
-    messages: list[Msg]
+    count: int
+    last_message: Msg  # the last message (its reply subject): acknowledges the whole batch
     received: ReceivedBatch
     published_ns: int  # stream time of the last message
 
@@ -646,7 +712,9 @@ class LedgerIngestWorker:
     # --- connection and sources ---------------------------------------------------------------
 
     async def _connect_and_ingest(self, servers: list[str]) -> None:
-        self._nc = await nats.connect(
+        nc = NATS()
+        nc._ps = RawDeliveryParser(nc)  # the fast receive path of the pull consumers (ledger.natsraw)
+        await nc.connect(
             servers=servers,
             name=self._client_name,
             allow_reconnect=True,
@@ -655,6 +723,7 @@ class LedgerIngestWorker:
             error_cb=self._on_nats_error,
             reconnected_cb=self._on_reconnected,
         )
+        self._nc = nc
         self._connected.set()
         log.info("ledger ingest connected to %s", self._nc.connected_url.netloc if self._nc.connected_url else servers)
         self._tasks.append(asyncio.create_task(self._commit_loop(), name="ledger-commit"))
@@ -788,7 +857,8 @@ class LedgerIngestWorker:
                     await self._acknowledge(batches)
                     if any(consumer.uncommitted for consumer in self._consumers.values()):
                         self._wake.set()  # more arrived while committing, or over the batch limit
-                checkpoint = await self._in_thread(writer.checkpoint_if_due)
+                # A checkpoint is a write transaction of its own: only then a thread.
+                checkpoint = await self._in_thread(writer.checkpoint_if_due) if writer.checkpoint_due() else None
                 if checkpoint is not None:
                     await self._publish_checkpoint(checkpoint)
         except asyncio.CancelledError:
@@ -806,17 +876,19 @@ class LedgerIngestWorker:
         for consumer in list(self._consumers.values()):
             if room <= 0:
                 break
-            messages = consumer.take(room)
-            if not messages:
+            payloads, last_reply = consumer.take(room)
+            if not payloads:
                 continue
-            room -= len(messages)
-            # Only the last message's metadata is parsed (a reply subject per message costs
-            # more than the rest of ingest): deliveries come in stream order, and an older
-            # redelivered message last only makes the position lag, never skip.
-            metadata = messages[-1].metadata
+            room -= len(payloads)
+            # Only the last message's metadata is parsed (deliveries come in stream order,
+            # and an older redelivered message last only makes the position lag, never skip).
+            last_message = Msg(self._nc, reply=last_reply.decode())
+            metadata = last_message.metadata
             consumer.server_pending = metadata.num_pending
-            received = ReceivedBatch(consumer.source, metadata.sequence.stream, [message.data for message in messages])
-            batches.append(_TakenBatch(consumer, messages, received, int(metadata.timestamp.timestamp() * 1e9)))
+            received = ReceivedBatch(consumer.source, metadata.sequence.stream, payloads)
+            batches.append(
+                _TakenBatch(consumer, len(payloads), last_message, received, int(metadata.timestamp.timestamp() * 1e9))
+            )
         return batches
 
     async def _in_thread(self, function, *args):
@@ -833,10 +905,10 @@ class LedgerIngestWorker:
         for batch in batches:
             source = batch.received.source
             try:
-                await batch.messages[-1].ack()
+                await batch.last_message.ack()
             except (nats.errors.Error, OSError) as exc:
                 log.debug("ack of a %s batch failed (%s); it will be delivered again", source.stream, exc)
-            await batch.consumer.committed(len(batch.messages))
+            await batch.consumer.committed(batch.count)
             state = self._lag_states[source.name]
             state.last_stream_sequence = max(state.last_stream_sequence, batch.received.last_stream_sequence)
             state.last_committed_age_s = max(0.0, (now_ns - batch.published_ns) / 1e9)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import ledger.cli
 from ledger.cli import EXIT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, main
 from ledger.ingest import DECISIONS_SOURCE, GATEWAY_EVENTS_SOURCE, LedgerWriter, ReceivedBatch
 from ledger.layout import ledger_path, write_key_pair
@@ -121,3 +122,57 @@ def test_errors_are_one_line(data_dir, tmp_path, capsys, monkeypatch, arguments,
         return
     assert code == EXIT_ERROR
     assert err.startswith("pretrade: error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "environment", "expected"),
+    [
+        (None, None, 5.0),  # DEFAULT_HEALTH_INTERVAL_S
+        (None, "0.5", 0.5),  # the environment variable is the default
+        ("2", "0.5", 2.0),  # the flag wins
+        ("0", None, 0.0),  # off
+    ],
+)
+def test_run_takes_the_health_interval_from_the_flag_else_the_environment(tmp_path, capsys, monkeypatch, flag,
+                                                                          environment, expected):
+    import ledger.runtime
+    from ledger.health import HEALTH_INTERVAL_ENV
+
+    seen = {}
+
+    class StoppingRuntime:
+        def __init__(self, data_dir, **options) -> None:
+            seen.update(options)
+            raise ledger.cli.LedgerCommandError("stopped by the test")
+
+    monkeypatch.setattr(ledger.runtime, "LedgerRuntime", StoppingRuntime)
+    if environment is None:
+        monkeypatch.delenv(HEALTH_INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(HEALTH_INTERVAL_ENV, environment)
+    arguments = ["run", "--data-dir", str(tmp_path)] + (["--health-interval", flag] if flag else [])
+    code, _, err = run(capsys, *arguments)
+    assert code == EXIT_ERROR and "stopped by the test" in err
+    assert seen["health_interval_s"] == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "environment", "message"),
+    [
+        ("-1", None, "must be >= 0"),
+        ("soon", None, "not a number of seconds"),
+        (None, "soon", "PRETRADE_LEDGER_HEALTH_INTERVAL_S='soon'"),
+    ],
+)
+def test_a_bad_health_interval_is_one_line(tmp_path, capsys, monkeypatch, flag, environment, message):
+    from ledger.health import HEALTH_INTERVAL_ENV
+
+    if environment is None:
+        monkeypatch.delenv(HEALTH_INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(HEALTH_INTERVAL_ENV, environment)
+    arguments = ["run", "--data-dir", str(tmp_path / "data")] + (["--health-interval", flag] if flag else [])
+    code, out, err = run(capsys, *arguments)
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "data").exists()  # refused before opening anything

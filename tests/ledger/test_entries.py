@@ -19,7 +19,7 @@ from ledger.entries import (
     lifecycle_event,
 )
 from ledger.errors import EntryFormatError
-from ledger.index import indexed_entry
+from ledger.index import IndexedBatch, index_payloads, indexed_entry
 from ledger.merkle import hasher_for
 from pretrade.v1 import halts_pb2, ledger_pb2, types_pb2
 from tests.ledger.ingest_harness import decision, execution_event, halt_event, rules_event
@@ -127,3 +127,60 @@ def test_identities_are_unambiguous_across_kinds_gateways_and_sequences():
 )
 def test_every_entry_names_its_lifecycle_event(kind, message, event):
     assert lifecycle_event(kind, message) == event
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**64 - 1),  # sequence (0: no identity, malformed)
+            st.sampled_from(["gw1", "gw-2", "ゲート"]),
+            st.text(max_size=12),  # account
+            st.one_of(st.text(max_size=12), st.just("x" * 70_000)),  # client order id (beyond u16)
+            st.text(max_size=8),  # trace id
+            st.integers(-(2**63), 2**63 - 1),  # decided_ns (negative: clamped in by_time)
+        ),
+        max_size=12,
+    ),
+    st.lists(st.integers(0, 12), max_size=3),
+)
+def test_the_decision_fast_path_derives_what_indexed_entry_derives(rows, garbage_at):
+    """index_payloads' own loop for decisions must produce exactly the keys of the generic
+    indexed_entry, malformed payloads included (left out, reported in order)."""
+    payloads = []
+    for sequence, gateway_id, account, client_order_id, trace_id, decided_ns in rows:
+        message = decision(max(sequence, 1), gateway_id=gateway_id, account=account, client_order_id=client_order_id or "c",
+                           trace_id=trace_id)
+        message.sequence = sequence
+        message.decided_ns = decided_ns
+        message.order.client_order_id = client_order_id
+        payloads.append(message.SerializeToString())
+    for at in garbage_at:
+        payloads.insert(min(at, len(payloads)), b"\xff\xff\xff")
+    expected = IndexedBatch()
+    expected_errors = []
+    for payload in payloads:
+        try:
+            expected.add(indexed_entry(EntryKind.DECISION, payload))
+        except EntryFormatError as exc:
+            expected_errors.append(str(exc))
+    errors = []
+    fast = index_payloads(EntryKind.DECISION, payloads, lambda exc: errors.append(str(exc)))
+    assert errors == expected_errors
+    for column in IndexedBatch.__slots__:
+        assert getattr(fast, column) == getattr(expected, column), column
+    for position in range(len(fast)):
+        single = indexed_entry(EntryKind.DECISION, fast.entries[position][2:])
+        again = fast.entry(position)
+        assert (again.entry, again.identity, max(single.event_ns, 0)) == (single.entry, single.identity, again.event_ns)
+        assert again.index_prefixes == single.index_prefixes
+
+
+def test_a_batch_keeps_the_selected_entries_and_their_index_keys():
+    batch = index_payloads(EntryKind.DECISION, [decision(n, trace_id=f"t{n}" if n % 2 else "").SerializeToString()
+                                                for n in range(1, 6)], pytest.fail)
+    index_payloads(EntryKind.HALT_EVENT, [halt_event("h1", at_ns=7).SerializeToString()], pytest.fail, into=batch)
+    selected = batch.select([0, 3, 5])
+    assert [decode_entry(entry).kind for entry in selected.entries] == [EntryKind.DECISION] * 2 + [EntryKind.HALT_EVENT]
+    assert [selected.entry(position).index_prefixes for position in range(3)] == [
+        batch.entry(position).index_prefixes for position in (0, 3, 5)
+    ]

@@ -121,6 +121,49 @@ def test_indexes_find_orders_traces_times_rules_and_scopes(writer):
     assert sorted(indexes.time_entries(0, 2**63)) == [0, 1, 2, 3, 4]
 
 
+def test_known_identities_are_found_among_many_gateways_and_gaps(writer):
+    """The de-duplication lookup merges sorted identities with the table: identities of
+    several gateways, interleaved, below, between and above what is stored."""
+    for gateway_id in ("gw-a", "gw-c"):
+        writer.commit([decisions_batch([2, 4, 6], gateway_id=gateway_id)])
+    batch = [
+        decision(sequence, gateway_id=gateway_id).SerializeToString()
+        for gateway_id in ("gw-c", "gw-b", "gw-a", "gw-d")
+        for sequence in range(1, 9)
+    ]
+    result = writer.commit([ReceivedBatch(DECISIONS_SOURCE, 99, batch)])
+    assert (result.appended, result.duplicates, result.conflicts) == (32 - 6, 6, 0)
+    stored = [decode_entry(writer.store.entry(index)).message for index in range(writer.store.size())]
+    assert sorted((message.gateway_id, message.sequence) for message in stored) == sorted(
+        (gateway_id, sequence) for gateway_id in ("gw-a", "gw-b", "gw-c", "gw-d") for sequence in range(1, 9)
+    )
+
+
+def test_entries_left_out_of_a_commit_take_their_index_keys_with_them(writer):
+    """Duplicates and conflicts dropped from the middle of a commit: every remaining entry
+    is filed under its own order, trace and time keys."""
+    writer.commit([decisions_batch([2], client_order_id="two", trace_id="t-2")])
+    batch = [
+        decision(1, client_order_id="one", trace_id="t-1").SerializeToString(),
+        decision(2, client_order_id="two", trace_id="t-2").SerializeToString(),  # in the ledger
+        decision(3, client_order_id="three", trace_id="t-3").SerializeToString(),
+        decision(3, client_order_id="three", trace_id="t-3").SerializeToString(),  # repeated
+        decision(4, client_order_id="four", trace_id="t-4").SerializeToString(),
+        decision(4, client_order_id="other", trace_id="t-x").SerializeToString(),  # conflict
+        decision(5, client_order_id="five").SerializeToString(),
+    ]
+    result = writer.commit([ReceivedBatch(DECISIONS_SOURCE, 7, batch)])
+    assert (result.appended, result.duplicates, result.conflicts) == (4, 2, 1)
+    indexes = writer.indexes
+    for index, (sequence, client_order_id) in enumerate([(2, "two"), (1, "one"), (3, "three"), (4, "four"), (5, "five")]):
+        assert decode_entry(writer.store.entry(index)).message.sequence == sequence
+        assert indexes.order_entries("ACC1", client_order_id) == [index]
+        decided_ns = decision(sequence).decided_ns
+        assert indexes.time_entries(decided_ns, decided_ns + 1) == [index]
+    assert [indexes.trace_entries(f"t-{n}") for n in range(1, 5)] == [[1], [0], [2], [3]]
+    assert indexes.order_entries("ACC1", "other") == indexes.trace_entries("t-x") == []
+
+
 def test_checkpoints_every_n_entries(tmp_path):
     writer = LedgerWriter.open(tmp_path / "ledger", checkpoint_every_entries=3, checkpoint_interval_ms=60_000)
     try:
