@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--watchdogs",
         help="watchdog configuration (TOML, see examples/watchdogs.toml; default: every watchdog at its defaults)",
     )
+    up.add_argument(
+        "--fix-config",
+        help="also run the FIX 4.4 adapter on this gateway (its TOML, see examples/fix/adapter.toml)",
+    )
+    up.add_argument(
+        "--mt5-config",
+        help="also run the MetaTrader 5 bridge on this gateway (its TOML, see clients/mt5/bridge.example.toml)",
+    )
     up.set_defaults(handler=_cmd_up, host_halt_manager=True, host_ledger=True)
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway only")
@@ -303,6 +311,24 @@ def _watchdog_worker(args, demo):
     return make
 
 
+def _adapter_companions(args, demo) -> list:
+    """The adapters of ``pretrade up --fix-config/--mt5-config``, run on this gateway (their
+    files are checked now, before anything starts): clients/adapters/companions.py."""
+    from clients.adapters.companions import AdapterConfigError, adapter_companions
+
+    try:
+        makers = adapter_companions(
+            fix_config=args.fix_config,
+            mt5_config=args.mt5_config,
+            data_dir=args.data_dir,
+            token=args.token,
+            default_token=demo.tokens["trader"] if demo is not None else None,
+        )
+    except AdapterConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return [lambda app, make=make: make(_client_target(args.listen, app.port)) for make in makers]
+
+
 def _run_gateway(args, nats_url: str | None, tokens_path: str, demo, companions=()) -> int:
     import uvloop
 
@@ -324,7 +350,8 @@ def _cmd_up(args) -> int:
     if tokens_path is None:
         demo = ensure_demo_tokens(args.data_dir)
         tokens_path = str(demo.hashes_path)
-    return _run_gateway(args, args.nats_url, tokens_path, demo, companions=[_watchdog_worker(args, demo)])
+    companions = [_watchdog_worker(args, demo), *_adapter_companions(args, demo)]
+    return _run_gateway(args, args.nats_url, tokens_path, demo, companions=companions)
 
 
 def _cmd_serve(args) -> int:
@@ -475,6 +502,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from gateway.config import ConfigError
     from gateway.embedded_nats import EmbeddedNatsError
     from gateway.outbox import OutboxError
+    from gateway.publisher import DecisionSequenceConflictError
     from gateway.server import ListenError
     from gateway.subjects import InvalidSubjectTokenError
     from ledger.cli import known_errors as ledger_known_errors
@@ -487,6 +515,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         InvalidRolesError,
         ConfigError,
         EmbeddedNatsError,
+        DecisionSequenceConflictError,
         OutboxError,
         ListenError,
         InvalidSubjectTokenError,

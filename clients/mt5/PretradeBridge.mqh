@@ -113,7 +113,7 @@ private:
      }
 
 public:
-                     CPretradeBridge(void): m_socket(INVALID_HANDLE),m_port(5757),m_timeout_ms(2000),m_next_id(1) {}
+                     CPretradeBridge(void): m_socket(INVALID_HANDLE),m_port(5757),m_timeout_ms(2500),m_next_id(1) {}
                     ~CPretradeBridge(void) { if(m_socket!=INVALID_HANDLE) SocketClose(m_socket); }
 
    void              Init(const string host,const int port,const uint timeout_ms,const string account,const string strategy="")

@@ -8,7 +8,7 @@
 
 input string InpBridgeHost   = "127.0.0.1";  // pretrade MT5 bridge host
 input int    InpBridgePort   = 5757;         // bridge port (bridge.listen)
-input uint   InpTimeoutMs    = 2000;         // decision timeout: no answer = blocked
+input uint   InpTimeoutMs    = 2500;         // no answer in time = blocked; keep above the bridge's decision_timeout_ms
 input string InpAccount      = "ACC1";       // account in the pretrade rules
 input string InpStrategy     = "";           // strategy in the rules (optional)
 input bool   InpDemoOrder    = false;        // send one demo buy on start

@@ -5,6 +5,7 @@ gateway (tests/clients/gateway_harness.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import queue
 import socket
@@ -18,12 +19,15 @@ import quickfix as fix
 from clients.adapters.fix.adapter import BUNDLED_FIX44, FixAdapter, FixAdapterConfig, message_fields
 from clients.adapters.fix.config import load_fix_config
 from clients.adapters.fix.reasons import ORD_REJ_REASON
-from pretrade.v1 import gateway_pb2
+from clients.adapters.link import AdapterGatewayClient
+from clients import make_execution, make_order
+from pretrade.v1 import gateway_pb2, types_pb2
 from tests.clients.gateway_harness import running_gateway
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 10.0
+DECISION_TIMEOUT_MS = 5000
 WORLDS = itertools.count(1)
 
 
@@ -126,6 +130,7 @@ class Venue(Recorder):
         super().__init__()
         self.exec_ids = iter(range(1, 1_000_000))
         self.orders: dict[str, dict[int, str]] = {}
+        self.refuse_replaces = False  # answer 35=G with an OrderCancelReject (434=2)
 
     def report(self, fields: dict[int, str], exec_type: str, status: str, extra: dict | None = None) -> None:
         body = {37: f"V-{fields[11]}", 11: fields[11], 17: f"E{next(self.exec_ids)}", 150: exec_type, 39: status,
@@ -143,6 +148,9 @@ class Venue(Recorder):
         elif msg_type == "F":
             order = self.orders[fields[41]]
             self.report({**order, 11: fields[11]}, "4", "4", {41: fields[41], 151: "0"})
+        elif msg_type == "G" and self.refuse_replaces:
+            self.send("9", {37: f"V-{fields[41]}", 11: fields[11], 41: fields[41], 39: "0", 434: "2", 102: "0",
+                            58: "too late to replace"})
         elif msg_type == "G":
             self.orders[fields[11]] = fields
             self.report(fields, "5", "0", {41: fields[41]})
@@ -160,64 +168,108 @@ class Engine:
         self.store = fix.FileStoreFactory(self.settings)
         self.log = fix.FileLogFactory(str(log_dir))
         self.engine = kind(app, self.store, self.settings, self.log)
+        self.running = False
 
     def start(self):
         self.engine.start()
+        self.running = True
 
     def stop(self):
-        self.engine.stop()
+        if self.running:
+            self.running = False
+            self.engine.stop()
+
+
+class World:
+    """What a FIX test works with; iterates as (gateway, adapter, client, venue)."""
+
+    def __init__(self, gateway, adapter, client, venue, venue_engine, config_path: Path) -> None:
+        self.gateway, self.adapter, self.client, self.venue = gateway, adapter, client, venue
+        self.venue_engine = venue_engine
+        self.config_path = config_path
+
+    def __iter__(self):
+        return iter((self.gateway, self.adapter, self.client, self.venue))
+
+    async def wait_logged_on(self) -> None:
+        assert await asyncio.to_thread(self.client.logged_on.wait, WAIT_S), "client did not log on"
+        assert await asyncio.to_thread(self.venue.logged_on.wait, WAIT_S), "adapter did not log on to the venue"
+        await wait_until(self.adapter.venue_logged_on, "the adapter's venue session did not log on")
+        await wait_until(self.adapter.client_logged_on, "the adapter's client session did not log on")
+
+    async def restart_adapter(self) -> FixAdapter:
+        """Stop the adapter (both sessions log out), start a new one on the same
+        configuration (and order book file), wait until both sessions are back."""
+        await self.adapter.stop()
+        await wait_until(lambda: not self.client.logged_on.is_set() and not self.venue.logged_on.is_set(),
+                         "the sessions did not log out")
+        self.adapter = FixAdapter(load_fix_config(self.config_path))
+        await self.adapter.start()
+        await self.wait_logged_on()
+        return self.adapter
+
+
+async def wait_until(condition, what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
 async def fix_world(tmp_path):
+    async with running_gateway(tmp_path / "gw") as gateway:
+        await gateway.set_reference_prices()
+        async with world_on(tmp_path, gateway) as world:
+            yield world
+
+
+@contextlib.asynccontextmanager
+async def world_on(tmp_path: Path, gateway):
+    """Client, adapter and venue around ``gateway`` (which the world does not own)."""
     client_port, venue_port = free_port(), free_port()
     # QuickFIX registers sessions process-wide: every test gets its own CompIDs
     n = next(WORLDS)
     pretrade, client_id, venue_id = f"PRETRADE{n}", f"CLIENT{n}", f"VENUE{n}"
-    async with running_gateway(tmp_path / "gw") as gateway:
-        await gateway.set_reference_prices()
-        venue, client = Venue(), Recorder()
-        venue_engine = Engine(venue, settings_file(tmp_path / "venue.cfg", "acceptor", tmp_path / "venue-store",
-                                                   venue_id, pretrade, venue_port), fix.ThreadedSocketAcceptor, tmp_path)
-        (tmp_path / "adapter.toml").write_text(f"""
+    venue, client = Venue(), Recorder()
+    venue_engine = Engine(venue, settings_file(tmp_path / "venue.cfg", "acceptor", tmp_path / "venue-store",
+                                               venue_id, pretrade, venue_port), fix.ThreadedSocketAcceptor, tmp_path)
+    (tmp_path / "adapter.toml").write_text(f"""
 [gateway]
 target = "{gateway.target}"
 token = "{gateway.tokens['trader']}"
-decision_timeout_ms = 5000
+decision_timeout_ms = {DECISION_TIMEOUT_MS}
 
 [fix]
 acceptor = "acceptor.cfg"
 initiator = "initiator.cfg"
 log_dir = "adapter-logs"
+state_file = "adapter-state/orders.sqlite"
 """)
-        (tmp_path / "adapter-logs").mkdir()
-        settings_file(tmp_path / "acceptor.cfg", "acceptor", tmp_path / "adapter-store-a", pretrade, client_id,
-                      client_port, dictionary=False)
-        settings_file(tmp_path / "initiator.cfg", "initiator", tmp_path / "adapter-store-i", pretrade, venue_id,
-                      venue_port, dictionary=False)
-        adapter = FixAdapter(load_fix_config(tmp_path / "adapter.toml"))
-        client_engine = Engine(client, settings_file(tmp_path / "client.cfg", "initiator", tmp_path / "client-store",
-                                                     client_id, pretrade, client_port), fix.ThreadedSocketInitiator, tmp_path)
-        await asyncio.to_thread(venue_engine.start)
-        await adapter.start()
-        await asyncio.to_thread(client_engine.start)
-        try:
-            assert await asyncio.to_thread(client.logged_on.wait, WAIT_S), "client did not log on"
-            assert await asyncio.to_thread(venue.logged_on.wait, WAIT_S), "adapter did not log on to the venue"
-            deadline = time.monotonic() + WAIT_S
-            while not adapter.venue_logged_on():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
-            yield gateway, adapter, client, venue
-            assert client.session_rejects == [] and venue.session_rejects == []
-        finally:
-            # One engine at a time, each after the other side saw the logout: QuickFIX's
-            # Acceptor.stop racing a disconnect it is still handling can crash the process.
-            await asyncio.to_thread(client_engine.stop)
-            await settle(lambda: not adapter.client_logged_on())
-            await adapter.stop()
-            await settle(lambda: not venue.logged_on.is_set())
-            await asyncio.to_thread(venue_engine.stop)
+    (tmp_path / "adapter-logs").mkdir()
+    settings_file(tmp_path / "acceptor.cfg", "acceptor", tmp_path / "adapter-store-a", pretrade, client_id,
+                  client_port, dictionary=False)
+    settings_file(tmp_path / "initiator.cfg", "initiator", tmp_path / "adapter-store-i", pretrade, venue_id,
+                  venue_port, dictionary=False)
+    adapter = FixAdapter(load_fix_config(tmp_path / "adapter.toml"))
+    client_engine = Engine(client, settings_file(tmp_path / "client.cfg", "initiator", tmp_path / "client-store",
+                                                 client_id, pretrade, client_port), fix.ThreadedSocketInitiator, tmp_path)
+    await asyncio.to_thread(venue_engine.start)
+    await adapter.start()
+    await asyncio.to_thread(client_engine.start)
+    world = World(gateway, adapter, client, venue, venue_engine, tmp_path / "adapter.toml")
+    try:
+        await world.wait_logged_on()
+        yield world
+        assert client.session_rejects == [] and venue.session_rejects == []
+    finally:
+        # One engine at a time, each after the other side saw the logout: QuickFIX's
+        # Acceptor.stop racing a disconnect it is still handling can crash the process.
+        await asyncio.to_thread(client_engine.stop)
+        await settle(lambda: not world.adapter.client_logged_on())
+        await world.adapter.stop()
+        await settle(lambda: not venue.logged_on.is_set())
+        await asyncio.to_thread(venue_engine.stop)
 
 
 async def settle(condition, timeout_s: float = 5.0) -> None:
@@ -286,6 +338,187 @@ async def test_replace_is_checked_as_the_new_order(fix_world):
     assert (forwarded[41], forwarded[11], forwarded[38], forwarded[44]) == ("P1", "P3", "20", "100.02")
     replaced = await client.next("8")
     assert (replaced[11], replaced[41], replaced[150]) == ("P3", "P1", "5")
+
+
+@pytest.mark.timeout(120)
+async def test_replace_refused_by_the_venue_releases_the_replacement_and_keeps_the_original(fix_world):
+    gateway, adapter, client, venue = fix_world
+    venue.refuse_replaces = True
+    client.send("D", nos("V1", account="LONG", qty="3"))
+    await venue.next("D")
+    await client.next("8")
+    # the replacement (6) is checked beside the original (3): 9 <= max_long_position 10
+    client.send("G", {41: "V1", 11: "V2", 1: "LONG", 55: "AAPL", 54: "1", 38: "6", 40: "2", 44: "100.02", 60: now()})
+    forwarded = await venue.next("G")
+    assert (forwarded[41], forwarded[11], forwarded[38]) == ("V1", "V2", "6")
+    refused = await client.next("9")  # the venue's OrderCancelReject, relayed
+    assert (refused[11], refused[41], refused[434], refused[39], refused[58]) == (
+        "V2", "V1", "2", "0", "too late to replace")
+    await adapter.idle()  # the replacement's VENUE_REJECTED reached the gateway
+    assert [order.client_order_id for order in adapter.working_orders()] == ["V1"]
+    async with gateway.client() as probe:
+        # replacement released: 3 (V1) + 7 = 10 passes; V1 still held: 3 + 7 + 1 = 11 does not
+        assert (await probe.check_order(make_order(
+            account="LONG", symbol="AAPL", side="buy", quantity="7", price="100.03", client_order_id="probe-1",
+        ))).verdict == types_pb2.VERDICT_ACCEPT
+        held = await probe.check_order(make_order(
+            account="LONG", symbol="AAPL", side="buy", quantity="1", price="100.04", client_order_id="probe-2",
+        ))
+        assert [f.code for f in held.failures] == ["LONG_POSITION_LIMIT_EXCEEDED"]
+        # the gateway already counts the replacement as ended: a repeat is a duplicate
+        (result,) = await probe.report_executions([make_execution(
+            account="LONG", client_order_id="V2", execution_type="venue_rejected",
+            execution_id="pretrade-replace-refused-V2",
+        )])
+        assert result.status == types_pb2.EXECUTION_STATUS_DUPLICATE
+    # the original keeps working at the venue: it can still be cancelled
+    client.send("F", {41: "V1", 11: "V1-cxl", 55: "AAPL", 54: "1", 60: now(), 38: "3"})
+    assert (await venue.next("F"))[41] == "V1"
+    assert (await client.next("8"))[150] == "4"
+
+
+@pytest.mark.timeout(120)
+async def test_venue_down_after_the_decision_rejects_and_releases_the_order(fix_world):
+    gateway, adapter, client, venue = fix_world
+    decide = adapter._decide
+
+    async def decide_then_lose_the_venue(order):
+        # the venue goes down between the gateway's accept and the forwarding
+        outcome = await decide(order)
+        await asyncio.to_thread(fix_world.venue_engine.stop)
+        await wait_until(lambda: not adapter.venue_logged_on(), "the venue session did not log out")
+        return outcome
+
+    adapter._decide = decide_then_lose_the_venue
+    client.send("D", nos("VD1", account="LONG", qty="8"))
+    report = await client.next("8")
+    assert (report[11], report[150], report[39], report[103]) == ("VD1", "8", "8", "2")
+    assert report[58].startswith("VENUE_UNAVAILABLE: ") and "not sent to the venue" in report[58]
+    await adapter.idle()
+    assert adapter.working_orders() == []
+    async with gateway.client() as probe:
+        # the gateway accepted VD1 (8), then was told it ended: 5 more pass (8 + 5 > 10 otherwise)
+        assert (await probe.check_order(make_order(
+            account="LONG", symbol="AAPL", side="buy", quantity="5", price="100.02", client_order_id="probe-3",
+        ))).verdict == types_pb2.VERDICT_ACCEPT
+    # while the venue stays down, orders are refused before the gateway is asked
+    adapter._decide = decide
+    client.send("D", nos("VD2", account="ACC1", qty="1"))
+    report = await client.next("8")
+    assert (report[11], report[150], report[103]) == ("VD2", "8", "2")
+    assert report[58] == "VENUE_UNAVAILABLE: the venue session is not logged on"
+    assert all(msg_type != "D" for msg_type, _ in list(venue.messages.queue))
+
+
+@pytest.mark.timeout(180)
+async def test_orders_survive_an_adapter_restart(fix_world):
+    gateway, adapter, client, venue = fix_world
+    for cl_ord_id, price in (("S1", "100.01"), ("S2", "100.02")):
+        client.send("D", nos(cl_ord_id, account="LONG", qty="4", price=price))
+        await venue.next("D")
+        assert (await client.next("8"))[150] == "0"
+    adapter = await fix_world.restart_adapter()
+    assert sorted(order.client_order_id for order in adapter.working_orders()) == ["S1", "S2"]
+    # a fill of an order sent before the restart: relayed to its client and reported
+    venue.fill("S1", "4", "100.01", full=True)
+    fill = await client.next("8")
+    assert (fill[11], fill[150], fill[39], fill[32]) == ("S1", "F", "2", "4")
+    # a cancel of an order sent before the restart: forwarded with the order's fields (1, 38)
+    client.send("F", {41: "S2", 11: "S2-cxl", 55: "AAPL", 54: "1", 60: now()})
+    cancel = await venue.next("F")
+    assert (cancel[41], cancel[11], cancel[1], cancel[55], cancel[54], cancel[38]) == (
+        "S2", "S2-cxl", "LONG", "AAPL", "1", "4")
+    done = await client.next("8")
+    assert (done[11], done[41], done[150]) == ("S2-cxl", "S2", "4")
+    await adapter.idle()
+    assert adapter.working_orders() == []
+    async with gateway.client() as probe:
+        (result,) = await probe.report_executions([make_execution(
+            account="LONG", client_order_id="S1", execution_type="fill", execution_id=fill[17],
+            last_quantity="4", last_price="100.01",
+        )])
+        assert result.status == types_pb2.EXECUTION_STATUS_DUPLICATE  # the adapter reported it
+        # position 4 (S1 filled), S2 released: 6 more is exactly max_long_position 10
+        assert (await probe.check_order(make_order(
+            account="LONG", symbol="AAPL", side="buy", quantity="6", price="100.05", client_order_id="probe-4",
+        ))).verdict == types_pb2.VERDICT_ACCEPT
+    # a ClOrdID used before the restart is still known
+    client.send("D", nos("S1", account="ACC1", qty="1", price="100.06"))
+    duplicate = await client.next("8")
+    assert duplicate[150] == "8" and duplicate[58].startswith("DUPLICATE_CLIENT_ORDER_ID")
+
+
+@pytest.mark.timeout(180)
+async def test_executions_the_gateway_did_not_take_are_reported_after_a_restart(fix_world):
+    gateway, adapter, client, venue = fix_world
+    client.send("D", nos("U1", account="LONG", qty="4"))
+    await venue.next("D")
+    await client.next("8")
+    # the gateway becomes unreachable for the adapter: its client now points at a closed port
+    reachable = adapter._link.client
+    adapter._link.client = AdapterGatewayClient(f"127.0.0.1:{free_port()}", gateway.tokens["trader"], 1.0)
+    try:
+        venue.fill("U1", "4", "100.01", full=True)
+        fill = await client.next("8")  # relayed at once; the report is retried meanwhile
+        assert (fill[11], fill[150]) == ("U1", "F")
+        assert adapter.unreported_executions() == [fill[17]]
+        adapter = await fix_world.restart_adapter()  # stops while the report still fails
+    finally:
+        await reachable.close()
+    # the new adapter reports it from the order book, to the reachable gateway
+    await wait_until(lambda: adapter.unreported_executions() == [], "the kept execution was not reported")
+    async with gateway.client() as probe:
+        (result,) = await probe.report_executions([make_execution(
+            account="LONG", client_order_id="U1", execution_type="fill", execution_id=fill[17],
+            last_quantity="4", last_price="100.01",
+        )])
+        assert result.status == types_pb2.EXECUTION_STATUS_DUPLICATE
+
+
+@pytest.mark.timeout(240)
+async def test_gateway_restart_rejects_in_time_then_orders_pass_and_kept_fills_are_reported(tmp_path):
+    data_dir = tmp_path / "gw"  # the same data dir (and demo tokens) for both gateway runs
+    first = running_gateway(data_dir)
+    gateway = await first.__aenter__()
+    try:
+        await gateway.set_reference_prices()
+        port = gateway.app.port
+        async with world_on(tmp_path, gateway) as world:
+            _, adapter, client, venue = world
+            client.send("D", nos("G1"))
+            await venue.next("D")
+            assert (await client.next("8"))[150] == "0"
+            await first.__aexit__(None, None, None)  # the gateway stops
+            first = None
+            started = time.monotonic()
+            client.send("D", nos("G2", price="100.02"))
+            refused = await client.next("8")
+            assert (refused[11], refused[150], refused[39]) == ("G2", "8", "8")
+            assert refused[58].split(":")[0] in ("GATEWAY_UNAVAILABLE", "DECISION_TIMEOUT"), refused[58]
+            assert time.monotonic() - started < DECISION_TIMEOUT_MS / 1000 + 1.0
+            # a fill while the gateway is away: relayed at once, kept and retried for the gateway
+            venue.fill("G1", "10", "100.01", full=True)
+            fill = await client.next("8")
+            assert (fill[11], fill[150]) == ("G1", "F")
+            assert adapter.unreported_executions() == [fill[17]]
+            async with running_gateway(data_dir, listen=f"127.0.0.1:{port}") as gateway:
+                await gateway.set_reference_prices()
+                await wait_until(lambda: adapter.unreported_executions() == [],
+                                 "the kept fill was not reported to the restarted gateway", timeout_s=30.0)
+                deadline = time.monotonic() + 30.0
+                for attempt in itertools.count(3):
+                    client.send("D", nos(f"G{attempt}", price=f"100.{attempt:02d}"))
+                    report = await client.next("8")
+                    if report[150] == "0":
+                        break
+                    assert report[58].split(":")[0] in ("GATEWAY_UNAVAILABLE", "DECISION_TIMEOUT"), report[58]
+                    assert time.monotonic() < deadline, "the adapter did not reconnect to the restarted gateway"
+                    await asyncio.sleep(0.1)
+                assert (await venue.next("D"))[11] == f"G{attempt}"
+                assert adapter.stream_open()
+    finally:
+        if first is not None:
+            await first.__aexit__(None, None, None)
 
 
 async def test_fills_are_relayed_and_update_exposure(fix_world):

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -244,6 +245,72 @@ async def test_fails_closed_when_the_gateway_is_unreachable(tmp_path):
         reply = await terminal.check("dead-1")
         assert reply["verdict"] == "reject" and reply["sequence"] == 0
         assert reply["failures"][0]["code"] in ("GATEWAY_UNAVAILABLE", "DECISION_TIMEOUT")
+    finally:
+        await terminal.close()
+        await bridge.stop()
+
+
+# -- gateway restart ----------------------------------------------------------------------------
+
+#: The EA's own timeout in this test (InpTimeoutMs): the bridge's decision timeout plus a margin.
+EA_TIMEOUT_S = 2.5
+RECOVERY_TIMEOUT_S = 60.0
+
+
+async def _check_timed(terminal: Terminal, client_order_id: str, price: float) -> tuple[dict, float]:
+    started = time.monotonic()
+    reply = await terminal.check(client_order_id, price=price)
+    return reply, time.monotonic() - started
+
+
+def _assert_fail_closed(reply: dict, elapsed: float) -> None:
+    assert reply["type"] == "decision" and reply["verdict"] == "reject" and reply["sequence"] == 0, reply
+    assert reply["failures"][0]["code"] in ("GATEWAY_UNAVAILABLE", "DECISION_TIMEOUT"), reply
+    assert reply["failures"][0]["detail"], reply
+    assert elapsed < EA_TIMEOUT_S, f"the reject took {elapsed:.2f} s, past the EA's timeout"
+
+
+@pytest.mark.timeout(240)
+async def test_bridge_fails_closed_while_the_gateway_restarts_then_passes_orders_again(tmp_path):
+    data_dir = tmp_path / "gw"  # the same data dir (and demo tokens) for both gateway runs
+    prices = itertools.count(1)
+    async with running_gateway(data_dir) as gateway:
+        await gateway.set_reference_prices()
+        port = gateway.app.port
+        bridge = Mt5Bridge(bridge_config(gateway.target, gateway.tokens["trader"], decision_timeout_ms=1000))
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port)
+        assert (await terminal.check("before", price=100.0))["verdict"] == "accept"
+    try:
+        # the gateway is stopped: every check is refused by the bridge, in time, with a reason
+        for i in range(3):
+            reply, elapsed = await _check_timed(terminal, f"down-{i}", 100 + next(prices) / 100)
+            _assert_fail_closed(reply, elapsed)
+        deal = await terminal.deal("before", "cancelled", "down-deal")
+        assert (deal["type"], deal["code"]) == ("error", "GATEWAY_UNAVAILABLE")
+        # the gateway comes back on the same port: the bridge re-opens its stream by itself
+        async with running_gateway(data_dir, listen=f"127.0.0.1:{port}") as gateway:
+            await gateway.set_reference_prices()
+            deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+            attempt = 0
+            while True:
+                attempt += 1
+                reply, elapsed = await _check_timed(terminal, f"up-{attempt}", 100 + next(prices) / 100)
+                if reply["verdict"] == "accept":
+                    break
+                _assert_fail_closed(reply, elapsed)  # not yet reconnected: still refused in time
+                assert time.monotonic() < deadline, "the bridge did not reconnect to the restarted gateway"
+                await asyncio.sleep(0.1)
+            assert reply["sequence"] > 0 and reply["failures"] == []
+            # the re-opened stream carries decisions and control messages, and deals reach the gateway
+            assert (await terminal.check("after", price=100 + next(prices) / 100))["verdict"] == "accept"
+            await gateway.app.gateway_servicer.broadcast_control(
+                gateway_pb2.ControlMessage(action=gateway_pb2.CONTROL_ACTION_CANCEL_ALL, reason="kill",
+                                           requested_by="alice")
+            )
+            control = await asyncio.wait_for(terminal.controls.get(), REPLY_TIMEOUT_S)
+            assert control["action"] == "cancel_all" and control["reason"] == "kill"
+            assert (await terminal.deal("after", "cancelled", "up-deal"))["status"] == "applied"
     finally:
         await terminal.close()
         await bridge.stop()

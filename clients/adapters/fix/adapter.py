@@ -28,6 +28,13 @@ message over with ``call_soon_threadsafe``; sends use ``Session.sendToTarget``.
 * CANCEL_ALL from the gateway (kill switch) → an OrderCancelRequest to the venue for every
   working order in scope; the venue's cancels reach the clients as unsolicited
   ExecutionReports 150=4 on their own ClOrdID.
+* An accepted order (or replace) is sent only while the venue session is logged on; if it
+  is not, the client gets a reject (VENUE_UNAVAILABLE) and the gateway a VENUE_REJECTED
+  execution (exposure released).
+* The order book (:mod:`clients.adapters.fix.book`, SQLite) is written before each send, so
+  a restarted adapter still relays and reports the venue's messages for earlier orders;
+  executions are reported in order, retried until the gateway answers, and the ones not
+  acknowledged are reported again at the next start.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from pathlib import Path
 
 import quickfix as fix
 
-from clients import AsyncGatewayClient, DeadlineExceeded, GatewayError, OrderBatcher
+from clients import DeadlineExceeded, GatewayError
+from clients.adapters.fix.book import OrderBook, WorkingOrder
 from clients.adapters.fix.reasons import OTHER, ord_rej_reason
+from clients.adapters.link import GatewayLink
 from fastpath.codes import PRICE_SCALE, QTY_SCALE
 from fastpath.fixedpoint import FixedPointError, to_fixed
 from pretrade.v1 import gateway_pb2, types_pb2
@@ -70,6 +79,18 @@ _TIME_IN_FORCE = {
 #: Fields of a client order copied onto the venue's NewOrderSingle / replace / cancel.
 _ORDER_FIELDS = (ACCOUNT, SYMBOL, SIDE, ORDER_QTY, ORD_TYPE, PRICE, TIME_IN_FORCE)
 _TERMINAL_STATUSES = {"2", "3", "4", "8", "C"}  # filled, done for day, cancelled, rejected, expired
+
+#: Text (58) after VENUE_UNAVAILABLE when an order the gateway accepted / a replace / a cancel could not be sent.
+NOT_SENT = "the venue session is not logged on: not sent to the venue (the gateway released the order)"
+REPLACE_NOT_SENT = ("the venue session is not logged on: the replace was not sent to the venue (the gateway released "
+                    "the replacement; the original order keeps working)")
+CANCEL_NOT_SENT = "the venue session is not logged on: the cancel was not sent to the venue"
+#: Executions go to the gateway in batches of at most this many; retries back off up to the max.
+REPORT_BATCH_MAX = 64
+REPORT_RETRY_MIN_S = 0.1
+REPORT_RETRY_MAX_S = 2.0
+#: On stop, messages in hand get the decision timeout plus this long to finish.
+STOP_REPORT_GRACE_S = 1.0
 
 #: The FIX 4.4 data dictionary installed with the quickfix package.
 BUNDLED_FIX44 = Path(sys.prefix) / "share" / "quickfix" / "FIX44.xml"
@@ -133,19 +154,6 @@ def message_fields(message: fix.Message) -> dict[int, str]:
 
 
 @dataclass
-class WorkingOrder:
-    """An order the gateway accepted and the venue works (key: its current ClOrdID)."""
-
-    session: fix.SessionID
-    client_order_id: str  # the ClOrdID the gateway knows the order by
-    account: str
-    symbol: str
-    fields: dict[int, str]
-    done: bool = False
-    replaced_by: str | None = None
-
-
-@dataclass
 class FixAdapterConfig:
     acceptor_settings: Path
     initiator_settings: Path
@@ -155,6 +163,7 @@ class FixAdapterConfig:
     default_account: str = ""
     batch_max_delay_s: float = 0.0005
     log_dir: Path | None = None  # QuickFIX message logs (FileLog) when set
+    state_path: Path | None = None  # the order book (SQLite, clients/adapters/fix/book.py); None: in memory
     extra: dict = field(default_factory=dict)
 
 
@@ -209,9 +218,12 @@ class FixAdapter:
     def __init__(self, config: FixAdapterConfig) -> None:
         self.config = config
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: AsyncGatewayClient | None = None
-        self._batcher: OrderBatcher | None = None
-        self._batcher_lock = asyncio.Lock()
+        self._link: GatewayLink | None = None
+        self._book: OrderBook | None = None
+        self._reports: asyncio.Queue[tuple[types_pb2.Execution, asyncio.Future]] | None = None
+        self._reporter: asyncio.Task | None = None
+        self._stopped = False
+        self._book_closed = False
         self._orders: dict[str, WorkingOrder] = {}  # current venue ClOrdID -> order
         self._cancels: dict[str, tuple[str, fix.SessionID | None]] = {}  # cancel ClOrdID -> (order ClOrdID, asker)
         self._pending: set[str] = set()  # ClOrdIDs being checked
@@ -225,8 +237,30 @@ class FixAdapter:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the order book, the gateway link and both QuickFIX engines (on failure,
+        whatever was started is stopped again)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._client = AsyncGatewayClient(self.config.target, self.config.token, self.config.decision_timeout_s)
+        self._book = OrderBook(self.config.state_path)
+        self._orders, self._cancels, unreported = self._book.load()
+        if self._orders:
+            log.info("order book %s: %d orders (%d working), %d executions to report", self.config.state_path,
+                     len(self._orders), len(self.working_orders()), len(unreported))
+        self._link = GatewayLink(
+            self.config.target, self.config.token, self.config.decision_timeout_s,
+            batch_max_delay_s=self.config.batch_max_delay_s, on_control=self._on_control,
+        )
+        self._reports = asyncio.Queue()
+        self._reporter = self._loop.create_task(self._report_executions(), name="fix-report-executions")
+        for data in unreported:  # not acknowledged by the gateway before the last stop
+            execution = types_pb2.Execution.FromString(data)
+            self._reports.put_nowait((execution, self._loop.create_future()))
         acceptor_settings = load_settings(self.config.acceptor_settings)
         initiator_settings = load_settings(self.config.initiator_settings)
         venues = list(initiator_settings.getSessions())
@@ -244,6 +278,11 @@ class FixAdapter:
         self._initiator = fix.ThreadedSocketInitiator(self._apps[1], self._keep[4], initiator_settings, self._keep[5])
         await asyncio.to_thread(self._acceptor.start)
         await asyncio.to_thread(self._initiator.start)
+        log.info(
+            "FIX adapter: %d client session(s) (%s), venue session %s, gateway %s, order book %s",
+            len(list(acceptor_settings.getSessions())), self.config.acceptor_settings, self._venue.toString(),
+            self.config.target, self.config.state_path or "in memory",
+        )
 
     def _log_factory(self, settings):
         if self.config.log_dir is not None:
@@ -253,17 +292,32 @@ class FixAdapter:
         return fix.ScreenLogFactory(False, False, True)  # session events only, on stdout
 
     async def stop(self) -> None:
+        """Stop the engines, finish the messages in hand (executions the gateway cannot take
+        now stay in the order book and are reported at the next start). Idempotent."""
+        if self._stopped:
+            return
         for engine in (self._acceptor, self._initiator):
             if engine is not None:
                 await asyncio.to_thread(engine.stop)
+        self._stopped = True  # late QuickFIX callbacks are dropped from here on
         # drop the engines (their sessions leave QuickFIX's process-wide registry)
         self._acceptor = self._initiator = None
         if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.config.decision_timeout_s + STOP_REPORT_GRACE_S)
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
+            while not self._reports.empty():  # left in the book for the next start
+                _, done = self._reports.get_nowait()
+                if not done.done():
+                    done.set_result(False)
+        if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._batcher is not None:
-            await self._batcher.close(timeout_s=1.0)
-        if self._client is not None:
-            await self._client.close()
+        if self._link is not None:
+            await self._link.close()
+        if self._book is not None:
+            self._book_closed = True
+            self._book.close()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -281,6 +335,10 @@ class FixAdapter:
                 raise TimeoutError("FIX adapter still busy")
             await asyncio.wait(list(self._tasks), timeout=remaining)
 
+    def stream_open(self) -> bool:
+        """Whether the order stream to the gateway is open."""
+        return self._link is not None and self._link.stream_open
+
     def venue_logged_on(self) -> bool:
         session = fix.Session.lookupSession(self._venue) if self._venue is not None else None
         return session is not None and session.isLoggedOn()
@@ -290,6 +348,11 @@ class FixAdapter:
         acceptor = self._acceptor
         return acceptor is not None and bool(acceptor.isLoggedOn())
 
+    def unreported_executions(self) -> list[str]:
+        """Ids of the executions the gateway has not acknowledged yet (retried; kept in the
+        order book across restarts)."""
+        return self._book.unreported() if self._book is not None and not self._book_closed else []
+
     def working_orders(self) -> list[WorkingOrder]:
         return [order for order in self._orders.values() if not order.done and order.replaced_by is None]
 
@@ -298,6 +361,8 @@ class FixAdapter:
     def _post(self, handler, *args) -> None:
         """From a QuickFIX thread: run ``handler(*args)`` (a coroutine function) on the loop."""
         def spawn():
+            if self._stopped:
+                return
             task = self._loop.create_task(handler(*args))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
@@ -333,23 +398,10 @@ class FixAdapter:
 
     # -- gateway ------------------------------------------------------------------------
 
-    async def _get_batcher(self) -> OrderBatcher:
-        async with self._batcher_lock:
-            if self._batcher is None or self._batcher.failure is not None:
-                if self._batcher is not None:
-                    await self._batcher.close(timeout_s=0.1)
-                self._batcher = self._client.batcher(
-                    max_delay_s=self.config.batch_max_delay_s,
-                    submit_timeout_s=self.config.decision_timeout_s,
-                    on_control=self._on_control,
-                )
-                await self._batcher.start(timeout_s=self.config.decision_timeout_s)
-            return self._batcher
-
     async def _decide(self, order: types_pb2.Order) -> tuple[bool, list[tuple[str, str]]]:
-        """(accepted, [(code, detail)]) — fail closed on any error."""
+        """(accepted, [(code, detail)]) — fail closed on any error, within the decision timeout."""
         try:
-            decision = await (await self._get_batcher()).submit(order)
+            decision = await self._link.decide(order)
         except GatewayError as exc:
             code = "DECISION_TIMEOUT" if isinstance(exc, DeadlineExceeded) else "GATEWAY_UNAVAILABLE"
             return False, [(code, f"{type(exc).__name__}: {exc.message}")]
@@ -357,14 +409,56 @@ class FixAdapter:
         return decision.verdict == types_pb2.VERDICT_ACCEPT, failures
 
     async def _report(self, execution: types_pb2.Execution) -> None:
-        try:
-            (result,) = await self._client.report_executions([execution])
-            log.info(
-                "execution %s of %s: %s", execution.execution_id, execution.client_order_id,
-                types_pb2.ExecutionStatus.Name(result.status),
-            )
-        except GatewayError as exc:
-            log.error("execution %s of %s not reported: %s", execution.execution_id, execution.client_order_id, exc)
+        """Report an execution to the gateway: written to the order book first, then sent in
+        order by one worker that retries until the gateway answers (or the adapter stops:
+        then it is reported at the next start). Returns once it is reported (or stopping)."""
+        if self._book is None or self._book_closed:
+            log.error("execution %s of %s not reported: the adapter has stopped", execution.execution_id,
+                      execution.client_order_id)
+            return
+        self._book.add_report(execution.execution_id, execution.SerializeToString())
+        if self._reporter is None or self._reporter.done():
+            return  # stopping: it stays in the book and is reported at the next start
+        done = self._loop.create_future()
+        self._reports.put_nowait((execution, done))
+        await asyncio.shield(done)
+
+    async def _report_executions(self) -> None:
+        delay = REPORT_RETRY_MIN_S
+        while True:
+            batch = [await self._reports.get()]
+            while not self._reports.empty() and len(batch) < REPORT_BATCH_MAX:
+                batch.append(self._reports.get_nowait())
+            executions = [execution for execution, _ in batch]
+            try:
+                while True:
+                    try:
+                        results = await self._link.report_executions(executions)
+                        break
+                    except GatewayError as exc:
+                        log.warning("%d execution(s) not reported yet (%s); retrying in %.2f s",
+                                    len(executions), exc, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, REPORT_RETRY_MAX_S)
+            except asyncio.CancelledError:  # stopping: the batch stays in the book for the next start
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(False)
+                raise
+            delay = REPORT_RETRY_MIN_S
+            for (execution, done), result in zip(batch, results, strict=False):
+                log.info("execution %s of %s: %s", execution.execution_id, execution.client_order_id,
+                         types_pb2.ExecutionStatus.Name(result.status))
+                self._book.remove_report(execution.execution_id)
+                if not done.done():
+                    done.set_result(True)
+
+    def _save(self, cl_ord_id: str) -> None:
+        self._book.save_order(cl_ord_id, self._orders[cl_ord_id])
+
+    def _add_cancel(self, cl_ord_id: str, target: str, asker) -> None:
+        self._cancels[cl_ord_id] = (target, asker)
+        self._book.save_cancel(cl_ord_id, target, asker)
 
     async def _on_control(self, control: gateway_pb2.ControlMessage) -> None:
         if control.action != gateway_pb2.CONTROL_ACTION_CANCEL_ALL:
@@ -378,9 +472,11 @@ class FixAdapter:
             if control.symbol and control.symbol != order.symbol:
                 continue
             cancel_id = f"KILL-{time.time_ns()}-{next(self._kill_ids)}"
-            self._cancels[cancel_id] = (venue_id, None)
-            self._send_venue("F", {**order.fields, CL_ORD_ID: cancel_id, ORIG_CL_ORD_ID: venue_id},
-                             (ORIG_CL_ORD_ID, CL_ORD_ID, ACCOUNT, SYMBOL, SIDE, ORDER_QTY))
+            self._add_cancel(cancel_id, venue_id, None)
+            if not self._send_venue("F", {**order.fields, CL_ORD_ID: cancel_id, ORIG_CL_ORD_ID: venue_id},
+                                    (ORIG_CL_ORD_ID, CL_ORD_ID, ACCOUNT, SYMBOL, SIDE, ORDER_QTY)):
+                log.error("CANCEL_ALL: could not send the cancel of %s: the venue session is not logged on",
+                          venue_id)
 
     # -- client → venue -----------------------------------------------------------------
 
@@ -391,7 +487,7 @@ class FixAdapter:
         except InvalidFixOrder as exc:
             self._reject_order(session_id, fields, [(exc.code, exc.detail)])
             return
-        if cl_ord_id in self._orders or cl_ord_id in self._pending:
+        if cl_ord_id in self._orders or cl_ord_id in self._pending or cl_ord_id in self._cancels:
             self._reject_order(session_id, fields, [("DUPLICATE_CLIENT_ORDER_ID", f"ClOrdID {cl_ord_id} is in use")])
             return
         if not self.venue_logged_on():
@@ -403,24 +499,29 @@ class FixAdapter:
             if not accepted:
                 self._reject_order(session_id, fields, failures)
                 return
+            # in the book before it goes out: a restart still knows whose it is
             self._orders[cl_ord_id] = WorkingOrder(session_id, cl_ord_id, order.account, order.symbol, dict(fields))
+            self._save(cl_ord_id)
         finally:
             self._pending.discard(cl_ord_id)
         if not self._send_venue("D", {**fields, ACCOUNT: order.account}, (CL_ORD_ID, *_ORDER_FIELDS)):
+            # accepted by the gateway but not sent: the gateway is told it ended, the client is rejected
             self._orders[cl_ord_id].done = True
-            await self._report(self._execution(order.account, cl_ord_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED))
-            self._reject_order(session_id, fields, [("VENUE_UNAVAILABLE", "could not send to the venue")])
+            self._save(cl_ord_id)
+            self._reject_order(session_id, fields, [("VENUE_UNAVAILABLE", NOT_SENT)])
+            await self._report(self._execution(order.account, cl_ord_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED,
+                                               f"pretrade-not-sent-{cl_ord_id}"))
 
     def _cancel(self, session_id, fields: dict[int, str]) -> None:
         """Never blocked: straight to the venue."""
         orig = fields.get(ORIG_CL_ORD_ID, "")
-        self._cancels[fields.get(CL_ORD_ID, "")] = (orig, session_id)
+        self._add_cancel(fields.get(CL_ORD_ID, ""), orig, session_id)
         order = self._orders.get(orig)
         merged = {**(order.fields if order else {}), **fields}
         if order is not None:
             merged[ACCOUNT] = order.account
         if not self._send_venue("F", merged, (ORIG_CL_ORD_ID, CL_ORD_ID, ACCOUNT, SYMBOL, SIDE, ORDER_QTY, TRANSACT_TIME)):
-            self._cancel_reject(session_id, fields, "1", "VENUE_UNAVAILABLE: could not send to the venue")
+            self._cancel_reject(session_id, fields, "1", f"VENUE_UNAVAILABLE: {CANCEL_NOT_SENT}")
 
     async def _replace(self, session_id, fields: dict[int, str]) -> None:
         orig = fields.get(ORIG_CL_ORD_ID, "")
@@ -430,23 +531,36 @@ class FixAdapter:
             self._cancel_reject(session_id, fields, "2", "UNKNOWN_ORDER: no working order with this OrigClOrdID",
                                 reason="1")
             return
+        if new_id in self._orders or new_id in self._pending or new_id in self._cancels:
+            self._cancel_reject(session_id, fields, "2", f"DUPLICATE_CLIENT_ORDER_ID: ClOrdID {new_id} is in use")
+            return
+        if not self.venue_logged_on():
+            self._cancel_reject(session_id, fields, "2", "VENUE_UNAVAILABLE: the venue session is not logged on")
+            return
         replacement = {**original.fields, **fields}
         try:
             order = order_from_fields(replacement, self.config.default_account)
         except InvalidFixOrder as exc:
             self._cancel_reject(session_id, fields, "2", f"{exc.code}: {exc.detail}")
             return
-        accepted, failures = await self._decide(order)
-        if not accepted:
-            self._cancel_reject(session_id, fields, "2", _text(failures))
-            return
-        self._orders[new_id] = WorkingOrder(session_id, new_id, order.account, order.symbol, replacement)
-        self._cancels[new_id] = (orig, session_id)
+        self._pending.add(new_id)
+        try:
+            accepted, failures = await self._decide(order)
+            if not accepted:
+                self._cancel_reject(session_id, fields, "2", _text(failures))
+                return
+            self._orders[new_id] = WorkingOrder(session_id, new_id, order.account, order.symbol, replacement)
+            self._save(new_id)
+            self._add_cancel(new_id, orig, session_id)
+        finally:
+            self._pending.discard(new_id)
         if not self._send_venue("G", {**replacement, ACCOUNT: order.account},
                                 (ORIG_CL_ORD_ID, CL_ORD_ID, *_ORDER_FIELDS)):
             self._orders[new_id].done = True
-            await self._report(self._execution(order.account, new_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED))
-            self._cancel_reject(session_id, fields, "2", "VENUE_UNAVAILABLE: could not send to the venue")
+            self._save(new_id)
+            self._cancel_reject(session_id, fields, "2", f"VENUE_UNAVAILABLE: {REPLACE_NOT_SENT}")
+            await self._report(self._execution(order.account, new_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED,
+                                               f"pretrade-not-sent-{new_id}"))
 
     # -- venue → client -----------------------------------------------------------------
 
@@ -454,10 +568,11 @@ class FixAdapter:
         cl_ord_id = fields.get(CL_ORD_ID, "")
         exec_type = fields.get(EXEC_TYPE, "")
         order = self._orders.get(cl_ord_id)
+        order_id = cl_ord_id
         kill = None
         if order is None and cl_ord_id in self._cancels:  # a cancel ack: ClOrdID is the cancel's
             target_id, asker = self._cancels[cl_ord_id]
-            order = self._orders.get(target_id)
+            order, order_id = self._orders.get(target_id), target_id
             if asker is None:
                 kill = target_id
         if order is None:
@@ -485,9 +600,11 @@ class FixAdapter:
                 return
             if filled:
                 order.done = True
+                self._save(order_id)
             await self._report(execution)
         elif exec_type in ("4", "8", "C"):
             order.done = True
+            self._save(order_id)
             kind = {"4": types_pb2.EXECUTION_TYPE_CANCELLED, "8": types_pb2.EXECUTION_TYPE_VENUE_REJECTED,
                     "C": types_pb2.EXECUTION_TYPE_EXPIRED}[exec_type]
             await self._report(self._execution(order.account, order.client_order_id, kind, execution_id))
@@ -497,6 +614,7 @@ class FixAdapter:
             if original is not None and not original.done:
                 original.done = True
                 original.replaced_by = cl_ord_id
+                self._save(orig_id)
                 await self._report(self._execution(
                     original.account, original.client_order_id, types_pb2.EXECUTION_TYPE_CANCELLED,
                     f"{execution_id}-replaced",
@@ -507,13 +625,19 @@ class FixAdapter:
         target_id, asker = self._cancels.get(cl_ord_id, ("", None))
         if asker is not None:
             self._send(asker, "9", fields)
-        if fields.get(CXL_REJ_RESPONSE_TO) == "2":  # the venue refused a replace: release it
+        elif target_id:
+            log.error("the venue refused the kill switch's cancel %s of %s: %s", cl_ord_id, target_id,
+                      fields.get(TEXT, ""))
+        else:
+            log.warning("venue OrderCancelReject for unknown ClOrdID %r ignored", cl_ord_id)
+        if fields.get(CXL_REJ_RESPONSE_TO) == "2":  # the venue refused a replace: release the replacement
             replacement = self._orders.get(cl_ord_id)
             if replacement is not None and not replacement.done:
                 replacement.done = True
+                self._save(cl_ord_id)
                 await self._report(self._execution(
-                    replacement.account, cl_ord_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED,
-                    f"cxlrej-{cl_ord_id}-{time.time_ns()}",
+                    replacement.account, replacement.client_order_id, types_pb2.EXECUTION_TYPE_VENUE_REJECTED,
+                    f"pretrade-replace-refused-{cl_ord_id}",
                 ))
 
     # -- message building ---------------------------------------------------------------
@@ -560,6 +684,11 @@ class FixAdapter:
         })
 
     def _send_venue(self, msg_type: str, fields: dict[int, str], tags) -> bool:
+        """Send to the venue if its session is logged on (QuickFIX would otherwise store the
+        message and send it at the next logon, possibly much later: never for orders)."""
+        if not self.venue_logged_on():
+            log.error("venue session not logged on: %s %s not sent", msg_type, fields.get(CL_ORD_ID))
+            return False
         body = {tag: fields[tag] for tag in tags if fields.get(tag)}
         body.setdefault(TRANSACT_TIME, _utc_timestamp())
         return self._send(self._venue, msg_type, body)

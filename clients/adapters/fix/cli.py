@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
     from clients.adapters.fix.config import FixConfigError, load_fix_config
 
     try:
-        config = load_fix_config(args.config)
+        config = load_fix_config(args.config, getattr(args, "data_dir", None))
     except FixConfigError as exc:
         print(f"pretrade fix: error: {exc}", file=sys.stderr)
         return 2
@@ -43,8 +43,13 @@ def cmd_run(args) -> int:
     if not config.token:
         print("pretrade fix: error: no token: set gateway.token, --token or $PRETRADE_TOKEN", file=sys.stderr)
         return 2
+    from clients.adapters.fix.book import OrderBookError
+
     try:
         asyncio.run(FixAdapter(config).run_forever())
     except KeyboardInterrupt:
         return 130
+    except OrderBookError as exc:
+        print(f"pretrade fix: error: {exc}", file=sys.stderr)
+        return 2
     return 0

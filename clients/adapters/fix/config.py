@@ -10,6 +10,7 @@
     initiator = "initiator.cfg"       # QuickFIX settings of the venue session (its first session)
     default_account = ""              # Account(1) for orders that carry none
     log_dir = ""                      # QuickFIX message logs; default: FileLogPath of the settings
+    state_file = ""                   # the adapter's order book (SQLite); default: <data dir>/fix/orders.sqlite
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ class FixConfigError(ValueError):
     pass
 
 
-def load_fix_config(path: str | Path):
+#: The order book's file under the data directory (``--data-dir``) when ``fix.state_file`` is not set.
+STATE_FILE_IN_DATA_DIR = Path("fix") / "orders.sqlite"
+
+
+def load_fix_config(path: str | Path, data_dir: str | Path | None = None):
+    """The adapter configuration of ``path``. The order book is ``fix.state_file``
+    (relative to the file), else ``<data_dir>/fix/orders.sqlite``, else (no data_dir) in
+    memory only."""
     from clients.adapters.fix.adapter import FixAdapterConfig
 
     path = Path(path)
@@ -49,4 +57,8 @@ def load_fix_config(path: str | Path):
         decision_timeout_s=gateway.get("decision_timeout_ms", 2000) / 1000,
         default_account=section.get("default_account", ""),
         log_dir=resolve(section["log_dir"]) if section.get("log_dir") else None,
+        state_path=(
+            resolve(section["state_file"]) if section.get("state_file")
+            else Path(data_dir) / STATE_FILE_IN_DATA_DIR if data_dir is not None else None
+        ),
     )

@@ -14,7 +14,9 @@ unreachable, timeout, a value that cannot be converted exactly) the order is ans
 with ``verdict = "reject"``: the bridge fails closed.
 
 Orders of every connected terminal are coalesced into StreamOrders batches by one
-:class:`clients.OrderBatcher`.
+:class:`clients.OrderBatcher` (:class:`clients.adapters.link.GatewayLink`: the stream is
+re-opened after a gateway restart; until then orders are rejected within the decision
+timeout).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import logging
 import time
 from typing import Any
 
-from clients import AsyncGatewayClient, DeadlineExceeded, GatewayError, OrderBatcher
+from clients import DeadlineExceeded, GatewayError
+from clients.adapters.link import GatewayLink
 from clients.adapters.mt5.config import BridgeConfig, ConversionError
 from clients.orders import price_from_nanos, qty_from_nanos
 from pretrade.v1 import gateway_pb2, types_pb2
@@ -79,15 +82,16 @@ class Mt5Bridge:
 
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
-        self._client: AsyncGatewayClient | None = None
-        self._batcher: OrderBatcher | None = None
-        self._batcher_lock = asyncio.Lock()
+        self._link: GatewayLink | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self.port: int | None = None
 
     async def start(self) -> None:
-        self._client = AsyncGatewayClient(self.config.target, self.config.token, self.config.decision_timeout_s)
+        self._link = GatewayLink(
+            self.config.target, self.config.token, self.config.decision_timeout_s,
+            batch_max_delay_s=self.config.batch_max_delay_s, on_control=self._on_control,
+        )
         host, port = self.config.host_port
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE_BYTES)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -101,10 +105,8 @@ class Mt5Bridge:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
-        if self._batcher is not None:
-            await self._batcher.close(timeout_s=1.0)
-        if self._client is not None:
-            await self._client.close()
+        if self._link is not None:
+            await self._link.close()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -114,21 +116,6 @@ class Mt5Bridge:
             await self.stop()
 
     # -- gateway side --------------------------------------------------------------------
-
-    async def _get_batcher(self) -> OrderBatcher:
-        """The running batcher; a new one when the last stream failed (gateway restart)."""
-        async with self._batcher_lock:
-            if self._batcher is None or self._batcher.failure is not None:
-                if self._batcher is not None:
-                    await self._batcher.close(timeout_s=0.1)
-                batcher = self._client.batcher(
-                    max_delay_s=self.config.batch_max_delay_s,
-                    submit_timeout_s=self.config.decision_timeout_s,
-                    on_control=self._on_control,
-                )
-                self._batcher = batcher
-                await batcher.start(timeout_s=self.config.decision_timeout_s)
-            return self._batcher
 
     async def _on_control(self, control: gateway_pb2.ControlMessage) -> None:
         if control.action != gateway_pb2.CONTROL_ACTION_CANCEL_ALL:
@@ -258,8 +245,7 @@ class Mt5Bridge:
             trace_id=_text(request, "trace_id", required=False),
         )
         try:
-            batcher = await self._get_batcher()
-            decision = await batcher.submit(order)
+            decision = await self._link.decide(order)  # at most decision_timeout_s, reconnecting included
         except GatewayError as exc:
             code = BRIDGE_DECISION_TIMEOUT if isinstance(exc, DeadlineExceeded) else BRIDGE_GATEWAY_UNAVAILABLE
             return self._fail_closed(client_order_id, code, f"{type(exc).__name__}: {exc.message}")
@@ -306,7 +292,7 @@ class Mt5Bridge:
             except ConversionError as exc:
                 raise ProtocolError("BAD_REQUEST", str(exc)) from None
         try:
-            (result,) = await self._client.report_executions([execution])
+            (result,) = await self._link.report_executions([execution])
         except GatewayError as exc:
             raise ProtocolError("GATEWAY_UNAVAILABLE", f"{type(exc).__name__}: {exc.message}") from None
         status = types_pb2.ExecutionStatus.Name(result.status).removeprefix("EXECUTION_STATUS_").lower()

@@ -1,0 +1,160 @@
+"""The adapters' connection to the gateway: one gRPC channel, one StreamOrders stream
+(:class:`clients.OrderBatcher`) that is re-opened after it broke (a gateway restart), and
+every wait bounded by the decision timeout, so that an order is always answered in time
+(fail closed) while the gateway is away and passes again as soon as it is back.
+
+* ``await link.decide(order)`` → the Decision, or a :class:`clients.GatewayError`
+  (``DeadlineExceeded`` when no decision came within ``decision_timeout_s``,
+  ``GatewayUnavailable`` / others when the gateway cannot be reached). The whole call —
+  re-opening the stream included — takes at most ``decision_timeout_s``.
+* Re-opening is shared: orders arriving while the stream is being re-opened wait for that
+  one attempt (each within its own deadline). After a failed attempt, orders fail at once
+  for ``retry_interval_s`` (no connection storm), then the next order tries again.
+* The channel retries a lost connection at most ``MAX_RECONNECT_BACKOFF_MS`` apart (gRPC's
+  default backoff grows to 120 s, which would keep orders rejected for up to two minutes
+  after the gateway is back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from clients import AsyncGatewayClient, DeadlineExceeded, GatewayError, GatewayUnavailable, OrderBatcher
+from clients.sync_client import auth_metadata
+from pretrade.v1 import gateway_pb2_grpc, types_pb2
+
+log = logging.getLogger("pretrade.adapters")
+
+MAX_RECONNECT_BACKOFF_MS = 1000
+#: gRPC channel arguments of the adapters' channel: reconnect within a second.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+)
+DEFAULT_RETRY_INTERVAL_S = 0.25
+
+
+class AdapterGatewayClient(AsyncGatewayClient):
+    """:class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS` (the base class
+    takes no channel options; this is its ``__init__`` with them)."""
+
+    def __init__(self, target: str, token: str | None, timeout_s: float) -> None:  # noqa: D107
+        self.target = target
+        self.timeout_s = timeout_s
+        self.metadata = auth_metadata(token)
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.gateway_stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._admin = gateway_pb2_grpc.AdminServiceStub(self._channel)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark the outcome of an opening attempt seen (its waiters may all have timed out)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class GatewayLink:
+    """``GatewayLink(target, token, decision_timeout_s, ...)``; ``decide``,
+    ``report_executions``, ``await close()``. Make it on the event loop that uses it."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        decision_timeout_s: float,
+        *,
+        batch_max_delay_s: float = 0.0005,
+        on_control=None,
+        retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+    ) -> None:
+        self.decision_timeout_s = decision_timeout_s
+        self._batch_max_delay_s = batch_max_delay_s
+        self._on_control = on_control
+        self._retry_interval_s = retry_interval_s
+        self.client = AdapterGatewayClient(target, token, decision_timeout_s)
+        self._batcher: OrderBatcher | None = None
+        self._opening: asyncio.Task | None = None
+        self._last_failure: tuple[float, GatewayError] | None = None
+        self._closed = False
+
+    @property
+    def stream_open(self) -> bool:
+        """Whether the order stream is up (as far as the link knows)."""
+        return self._batcher is not None and self._batcher.failure is None
+
+    async def decide(self, order: types_pb2.Order) -> types_pb2.Decision:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.decision_timeout_s
+        batcher = await self._stream(deadline)
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"no decision for {order.client_order_id!r} within {self.decision_timeout_s} s")
+        try:
+            return await asyncio.wait_for(batcher.submit(order), remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no decision for {order.client_order_id!r} within {self.decision_timeout_s} s"
+            ) from None
+
+    async def report_executions(self, executions, *, timeout_s: float | None = None):
+        return await self.client.report_executions(executions, timeout_s=timeout_s)
+
+    async def _stream(self, deadline: float) -> OrderBatcher:
+        if self._closed:
+            raise GatewayUnavailable("the adapter is stopping")
+        batcher = self._batcher
+        if batcher is not None and batcher.failure is None:
+            return batcher
+        loop = asyncio.get_running_loop()
+        if self._opening is None:
+            if self._last_failure is not None:
+                failed_at, error = self._last_failure
+                if time.monotonic() - failed_at < self._retry_interval_s:
+                    raise GatewayUnavailable(f"the order stream is down: {type(error).__name__}: {error.message}")
+            self._opening = loop.create_task(self._open(), name="adapter-open-order-stream")
+            self._opening.add_done_callback(_retrieve)
+        opening = self._opening
+        try:
+            return await asyncio.wait_for(asyncio.shield(opening), max(deadline - loop.time(), 0.001))
+        except TimeoutError:
+            raise DeadlineExceeded("the gateway did not admit the order stream in time") from None
+
+    async def _open(self) -> OrderBatcher:
+        try:
+            old, self._batcher = self._batcher, None
+            if old is not None:
+                log.warning("order stream to the gateway lost (%s): re-opening", old.failure)
+                await old.close(timeout_s=0.1)
+            batcher = self.client.batcher(
+                max_delay_s=self._batch_max_delay_s,
+                submit_timeout_s=self.decision_timeout_s,
+                on_control=self._on_control,
+            )
+            await batcher.start(timeout_s=self.decision_timeout_s)
+            if batcher.failure is not None:  # refused (gateway down, auth, overload)
+                await batcher.close(timeout_s=0.1)
+                raise batcher.failure
+            if old is not None or self._last_failure is not None:
+                log.warning("order stream to the gateway re-opened")
+            self._batcher = batcher
+            self._last_failure = None
+            return batcher
+        except GatewayError as exc:
+            self._last_failure = (time.monotonic(), exc)
+            raise
+        finally:
+            self._opening = None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._opening is not None:
+            self._opening.cancel()
+            await asyncio.gather(self._opening, return_exceptions=True)
+        if self._batcher is not None:
+            await self._batcher.close(timeout_s=1.0)
+        await self.client.close()
