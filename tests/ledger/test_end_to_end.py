@@ -156,6 +156,13 @@ async def check_ledger(runtime, js, seen, size, verifier, gateway) -> None:
         merkle.verify_inclusion(hasher, index, checkpoint.tree_size, hasher.hash_leaf(store.entry(index)),
                                 list(proof.hashes), checkpoint.root_hash)
 
+    # The decision a client received is the entry's payload byte for byte (the gateway
+    # serializes it once): the client's own copy recomputes the leaf.
+    for decision in (seen["too_big"], seen["accepted"]):
+        with store.read_transaction() as txn:
+            (index,) = reader.indexes.find_identities(txn, [identity_key(EntryKind.DECISION, decision)]).values()
+        assert store.entry(index) == encode_entry(EntryKind.DECISION, decision.SerializeToString())
+
     # The rejected order: the right check, limit and observed value, and the rules.
     too_big = seen["too_big"].failures
     explanation = explain_order(reader, "ACC1", "big-1")
