@@ -180,7 +180,8 @@ class GatewayApp:
             if config.host_halt_manager:
                 hosted.append(await self._start_halt_manager())
             if config.host_ledger:
-                self.ledger = LedgerRuntime(config.data_dir)
+                # Its metrics go on this gateway's /metrics: no second port.
+                self.ledger = LedgerRuntime(config.data_dir, metrics_registry=self.metrics.registry)
                 reader = self.ledger.reader
                 hosted.append(
                     HostedService(

@@ -3,7 +3,8 @@
 Subcommands::
 
     pretrade ledger run          ingest decisions and events into <data-dir>/ledger (and serve
-                                 LedgerService with --listen)
+                                 LedgerService with --listen; Prometheus /metrics on
+                                 --metrics-listen)
     pretrade ledger keygen       make the checkpoint signing key (<data-dir>/ledger-signing.key)
     pretrade ledger verify       recompute every leaf and the root, check every checkpoint
     pretrade ledger proof        an entry's inclusion proof, enough for an outside verifier
@@ -92,6 +93,7 @@ def register(subparsers) -> None:
     from ledger.health import DEFAULT_HEALTH_INTERVAL_S, HEALTH_INTERVAL_ENV
     from ledger.ingest import DEFAULT_CHECKPOINT_EVERY_ENTRIES, DEFAULT_CHECKPOINT_INTERVAL_MS, DEFAULT_ORIGIN
     from ledger.merkle import DEFAULT_HASH_NAME, HASHERS
+    from ledger.metrics import DEFAULT_METRICS_LISTEN, METRICS_OFF
 
     common = _common_options()
     ledger = subparsers.add_parser("ledger", help="the decision ledger: run, verify, prove, explain, export")
@@ -112,6 +114,12 @@ def register(subparsers) -> None:
         metavar="SECONDS",
         help=f"publish ledger_lag_s and ledger_verified for db_watchdog every SECONDS, 0: never "
         f"(default: ${HEALTH_INTERVAL_ENV}, else {DEFAULT_HEALTH_INTERVAL_S:g})",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        default=DEFAULT_METRICS_LISTEN,
+        metavar="HOST:PORT",
+        help=f"Prometheus /metrics address, or '{METRICS_OFF}' (default: %(default)s)",
     )
     run.add_argument("--log-level", default=DEFAULT_LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(handler=_cmd_run)
@@ -222,12 +230,18 @@ def _cmd_run(args) -> int:
     import gc
     import signal
 
+    from prometheus_client import CollectorRegistry
+
     from ledger.layout import load_signer
+    from ledger.metrics import METRICS_OFF, MetricsHttpServer, parse_metrics_listen
     from ledger.runtime import LedgerRuntime, health_interval
     from ledger.service import create_ledger_server
 
     try:
         health_interval_s = health_interval(args.health_interval)  # the flag, else the environment
+        metrics_listen = None if args.metrics_listen == METRICS_OFF else args.metrics_listen
+        if metrics_listen is not None:
+            parse_metrics_listen(metrics_listen)  # refused before anything is opened
     except ValueError as exc:
         raise LedgerCommandError(str(exc)) from None
     logging.basicConfig(
@@ -244,16 +258,24 @@ def _cmd_run(args) -> int:
             "checkpoint_interval_ms": args.checkpoint_interval_ms,
         },
         health_interval_s=health_interval_s,
+        metrics_registry=CollectorRegistry() if metrics_listen is not None else None,
     )
 
     async def serve() -> None:
         server = None
+        metrics_http = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
         try:
             info = {"ledger": str(runtime.path), "nats_url": args.nats_url, "signed": runtime.signed}
+            if metrics_listen is not None:
+                try:
+                    metrics_http = MetricsHttpServer(runtime.metrics_registry, metrics_listen)
+                except ValueError as exc:
+                    raise LedgerCommandError(str(exc)) from None
+                info["metrics"] = metrics_http.url
             if tokens is not None:
                 server, port = await create_ledger_server(runtime.reader, args.listen, tokens)
                 await server.start()
@@ -265,6 +287,8 @@ def _cmd_run(args) -> int:
                 print(f"  checkpoints {'signed' if runtime.signed else 'UNSIGNED (run `pretrade ledger keygen`)'}")
                 if "listen" in info:
                     print(f"  LedgerService on {info['listen']}")
+                if "metrics" in info:
+                    print(f"  metrics {info['metrics']}")
                 print("Ctrl-C stops.")
             sys.stdout.flush()
             ingest = asyncio.create_task(runtime.run(args.nats_url))
@@ -277,6 +301,8 @@ def _cmd_run(args) -> int:
         finally:
             if server is not None:
                 await server.stop(1.0)
+            if metrics_http is not None:
+                metrics_http.stop()
             runtime.close()
 
     gc.freeze()  # what start-up allocated never needs scanning again

@@ -56,6 +56,10 @@ when an incremental verify of the entries appended since the last verified index
 ``StrategyMetric`` messages on ``pretrade.v1.metrics.strategy.firm``, for ``db_watchdog``.
 A failure to measure or publish is logged and never stops ingest.
 
+Metrics. ``ledger.metrics.LedgerCollector`` exports the counters, the ledger's size, the
+last checkpoint, the last health figures and the commit durations to Prometheus, reading
+them when scraped; the only work ingest does for it is timing each commit.
+
 Failure. If a commit fails (disk full, LMDB error) nothing of that batch is acknowledged
 and the worker stops (``run()`` raises): a ledger that cannot write must not pretend to
 ingest. Restarting resumes from what is committed.
@@ -103,8 +107,9 @@ from ledger.health import (
     health_metric,
 )
 from ledger.index import IndexedBatch, LedgerIndexes, index_payloads
-from ledger.checkpoint import NoteSigner
+from ledger.checkpoint import Checkpoint, NoteSigner
 from ledger.merkle import DEFAULT_HASH_NAME
+from ledger.metrics import DurationHistogram
 from ledger.natsraw import RawDeliveryParser
 from ledger.store import LMDB_DATA_FILE, LedgerStore, StoredCheckpoint
 
@@ -234,11 +239,15 @@ class LedgerWriter:
         self.indexes = LedgerIndexes(store)
         self.origin = origin
         self.counters = IngestCounters()
+        #: Seconds per :meth:`commit`, for ``pretrade_ledger_commit_duration_seconds``.
+        self.commit_durations = DurationHistogram()
         self._checkpoint_every_entries = checkpoint_every_entries
         self._checkpoint_interval_ms = checkpoint_interval_ms
         self._clock_ms = clock_ms
         self._positions = self.indexes.positions()
         latest = store.latest_checkpoint()
+        #: The latest checkpoint (None while the ledger has none), for the metrics.
+        self.last_checkpoint: Checkpoint | None = latest.checkpoint if latest else None
         self._checkpointed_size = latest.checkpoint.tree_size if latest else 0
         self._checkpointed_ms = self._clock_ms()
         self._lock_fd: int | None = None
@@ -292,6 +301,7 @@ class LedgerWriter:
         Such a commit writes nothing to LMDB (no fsync for nothing), so after a restart the
         same duplicates are delivered and dropped again.
         """
+        started = time.perf_counter()
         indexed = IndexedBatch()
         positions = dict(self._positions)
         duplicates = malformed = conflicts = 0
@@ -345,6 +355,7 @@ class LedgerWriter:
         counters.identity_conflicts += conflicts
         counters.malformed_skipped += malformed
         counters.batches_committed += 1
+        self.commit_durations.observe(time.perf_counter() - started)
         return CommitResult(first_index, appended, duplicates, malformed, conflicts)
 
     @staticmethod
@@ -390,6 +401,7 @@ class LedgerWriter:
         checkpoint = self.store.create_checkpoint(self.origin, timestamp_ms=now_ms)
         self._checkpointed_size = checkpoint.checkpoint.tree_size
         self._checkpointed_ms = now_ms
+        self.last_checkpoint = checkpoint.checkpoint
         self.counters.checkpoints_created += 1
         return checkpoint
 
@@ -620,6 +632,9 @@ class LedgerIngestWorker:
         self.verifier = TailVerifier(writer.store, health_verify_from) if self._health_interval_s else None
         self._verify_work: asyncio.Future | None = None
         self.health_published = 0  # metric messages published
+        #: The last ``ledger_lag_s`` measured, and when (Unix ns): ``(lag_s, measured_ns)``,
+        #: None before the first measurement (and always when health is off).
+        self.last_lag: tuple[float, int] | None = None
 
     @property
     def counters(self) -> IngestCounters:
@@ -967,6 +982,7 @@ class LedgerIngestWorker:
             self._verify_work = work = asyncio.ensure_future(asyncio.to_thread(verifier.run))
         try:
             lag_s = await self.oldest_pending_age_s()
+            self.last_lag = (lag_s, time.time_ns())
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             lag_s = None
             log.warning("ledger_lag_s not measured: %s: %s", type(exc).__name__, exc)

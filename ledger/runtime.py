@@ -18,12 +18,19 @@ Health. The worker publishes ``ledger_lag_s`` and ``ledger_verified`` for db_wat
 (``ledger.health``) every ``health_interval_s``: the argument, else
 ``$PRETRADE_LEDGER_HEALTH_INTERVAL_S``, else ``DEFAULT_HEALTH_INTERVAL_S`` (5 s); 0 turns
 it off.
+
+Metrics. With ``metrics_registry`` the runtime registers its
+:class:`~ledger.metrics.LedgerCollector` (every ``pretrade_ledger_*`` metric, read at
+scrape time) in that Prometheus registry, and unregisters it when it closes: ``pretrade up``
+passes the gateway's registry, so the ledger's metrics are on the gateway's ``/metrics``;
+``pretrade ledger run`` passes one of its own and serves it on ``--metrics-listen``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ledger.health import DEFAULT_HEALTH_INTERVAL_S, HEALTH_INTERVAL_ENV
 
@@ -31,7 +38,11 @@ from ledger.checkpoint import NoteSigner, NoteVerifier
 from ledger.ingest import DEFAULT_ORIGIN, LedgerIngestWorker, LedgerWriter
 from ledger.layout import configured_signer, configured_verifier, ledger_path
 from ledger.merkle import DEFAULT_HASH_NAME
+from ledger.metrics import LedgerCollector
 from ledger.reader import LedgerReader
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 class LedgerRuntime:
@@ -41,7 +52,8 @@ class LedgerRuntime:
     ledger signs its checkpoints as soon as ``pretrade ledger keygen`` has run.
     ``writer_options`` go to :class:`LedgerWriter` (checkpoint policy, origin) and
     ``worker_options`` to :class:`LedgerIngestWorker` (sources, batch sizes, and
-    ``health_verify_from``). ``health_interval_s``: see the module docstring.
+    ``health_verify_from``). ``health_interval_s`` and ``metrics_registry``: see the module
+    docstring.
     """
 
     def __init__(
@@ -55,6 +67,7 @@ class LedgerRuntime:
         writer_options: dict[str, object] | None = None,
         worker_options: dict[str, object] | None = None,
         health_interval_s: float | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         worker_options = dict(worker_options or {})
         worker_options.setdefault("health_interval_s", health_interval(health_interval_s))  # before the lock
@@ -68,6 +81,14 @@ class LedgerRuntime:
         self.reader = LedgerReader(self.writer.store, verifier)
         self.worker = LedgerIngestWorker(self.writer, **worker_options)
         self.signed = signer is not None
+        self.metrics = LedgerCollector(self.worker)
+        self.metrics_registry = metrics_registry
+        if metrics_registry is not None:
+            try:
+                metrics_registry.register(self.metrics)
+            except BaseException:
+                self.writer.close()  # releases the writer lock
+                raise
         self._closed = False
 
     async def start(self, nats_url: str | Sequence[str]) -> None:
@@ -89,6 +110,8 @@ class LedgerRuntime:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.metrics_registry is not None:
+                self.metrics_registry.unregister(self.metrics)
             self.writer.close()
 
 

@@ -502,6 +502,13 @@ class LedgerStore:
 
     # --- reading ------------------------------------------------------------------------------
 
+    @property
+    def written_size(self) -> int:
+        """A writable store's tree size after its last append, without a read transaction
+        (cheap from any thread, e.g. a metrics scrape); 0 for a readonly store: use
+        :meth:`size`."""
+        return self._tree_size
+
     def size(self) -> int:
         """Number of entries committed (the current tree size)."""
         with self._read_txn() as txn:
