@@ -114,45 +114,61 @@ cdef enum MissingLimit:
     MISSING_ACCOUNT_ORDER_RATE = 1 << 7
     MISSING_STRATEGY_ORDER_RATE = 1 << 8
 
+cdef enum RateMode:  # how an order-rate limit is evaluated
+    RATE_MODE_NONE = 0  # LIMIT_UNSET or LIMIT_UNLIMITED: no bucket
+    RATE_MODE_FAST = 1  # capacity fits int64: the bucket in 64-bit arithmetic
+    RATE_MODE_WIDE = 2  # anything else: the bucket in 128-bit arithmetic
+
 # ---------------------------------------------------------------------------------------
 # Record layout. Rules and state are arrays of fixed-size records, one per id (or pair, or
-# order slot), in numpy blocks owned by the kernel, aligned to 64 bytes and read through
-# typed pointers. Sizes are whole cache lines (or halves), so one order touches few lines
-# and ``check_batch`` can prefetch them for the orders ahead.
+# order slot; account and symbol rules one per distinct setting, see RuleView), in numpy
+# blocks owned by the kernel, aligned to 64 bytes and read through typed pointers. Sizes
+# are whole cache lines (or halves; ``RECORD_SIZES`` and a test hold them there), so one
+# order touches few lines and ``check_batch`` can prefetch them for the orders ahead.
 # ---------------------------------------------------------------------------------------
-cdef struct AccountRule:  # 128 bytes: one account's row of every account table
-    int64_t limits[N_LIMIT_KINDS]  # accounts.A.limits, else firm.limits, else UNSET
-    int64_t credit_limit
-    int64_t max_working
+cdef struct AccountRule:  # 128 bytes: what an order reads of its account's rules
+    # accounts.A.limits, else firm.limits, with LIMIT_UNSET read as INT64_MAX ("no bound"),
+    # so that the effective limit of a kind is min(chain, cap) without a branch; whether a
+    # kind is configured at all is in ``unset_kinds``. (Paths and the raw values are read
+    # from the RuleView's arrays, only to explain a failure.)
+    int64_t limits[N_LIMIT_KINDS]
+    int64_t credit_limit  # LIMIT_UNSET = none
+    int64_t max_working  # LIMIT_UNSET = none
     int64_t rate_orders
     int64_t rate_window_ns
+    int64_t rate_capacity  # rate_orders * rate_window_ns when rate_mode == RATE_MODE_FAST
     int64_t dup_window_ns
-    int32_t limit_paths[N_LIMIT_KINDS]
-    int32_t credit_path
-    int32_t max_working_path
-    int32_t rate_path
+    uint16_t missing  # MISSING_CREDIT_LIMIT | MISSING_MAX_WORKING_ORDERS | MISSING_ACCOUNT_ORDER_RATE
+    uint8_t unset_kinds  # bit k: LimitKind k configured nowhere on the account chain
     uint8_t active
     uint8_t self_match
+    uint8_t has_overrides  # the account has account x symbol override rows
+    uint8_t rate_mode  # RateMode
+    uint8_t padding[25]
 
-cdef struct SymbolRule:  # 128 bytes: one symbol's row of every symbol table
-    int64_t limits[N_LIMIT_KINDS]  # instrument caps
+cdef struct SymbolRule:  # 128 bytes: what an order reads of its symbol's rules
+    int64_t limits[N_LIMIT_KINDS]  # instrument caps, LIMIT_UNSET read as INT64_MAX
     int64_t tick
     int64_t lot
     int64_t multiplier
     int64_t max_ref_age_ns
-    int32_t limit_paths[N_LIMIT_KINDS]
-    int32_t tick_path
-    int32_t lot_path
-    int32_t max_ref_age_path
-    int32_t restricted_path
+    # multiplier / 1e12 in lowest terms: the second step of the notional is
+    # ceil(contract * multiplier_num / multiplier_den), one 64-bit division when it fits
+    uint64_t multiplier_num
+    uint64_t multiplier_den
     uint8_t active
     uint8_t restricted_sides
+    uint8_t unset_kinds  # bit k: no instrument cap of LimitKind k
+    uint8_t padding[29]
 
-cdef struct StrategyRule:  # 24 bytes
+cdef struct StrategyRule:  # 32 bytes
     int64_t rate_orders
     int64_t rate_window_ns
-    int32_t rate_path
+    int64_t rate_capacity
+    uint16_t missing  # MISSING_STRATEGY_ORDER_RATE for a named strategy without a rate
     uint8_t active
+    uint8_t rate_mode  # RateMode (RATE_MODE_NONE for strategy 0)
+    uint8_t padding[4]
 
 cdef struct AccountState:  # 64 bytes
     int64_t working_notional  # micros reserved by working orders (never above the credit limit)
@@ -208,10 +224,6 @@ cdef struct OrderSlot:  # 64 bytes
     uint32_t generation  # bumped when the slot is freed; stale handles stop matching
     int8_t side
     uint8_t live
-
-cdef struct RememberedKey:  # open-addressing set of client order keys
-    int64_t key
-    int64_t used  # 0 = empty slot
 
 cdef struct OrderTicket:  # one order as the core reads it
     int64_t account_id
@@ -302,15 +314,27 @@ cdef class RuleView:
     # keys sort by account first), so an order searches only its own account's few rows.
     cdef const int64_t[::1] override_first
 
-    # The account, symbol and strategy rows above, one record per id (what the core reads).
+    # The account, symbol and strategy rows above as the records the core reads. Accounts
+    # and symbols with the same settings share one record (most share the firm's defaults
+    # or an instrument class's), so the few distinct records stay cached at any number of
+    # ids: ``accounts[account_profile[id]]`` is the record of account ``id`` (likewise
+    # symbols). Strategies (few) have one record per id.
     cdef object account_block
     cdef AccountRule* accounts
+    cdef object account_profile_block
+    cdef uint32_t* account_profile
+    cdef readonly Py_ssize_t n_account_profiles
     cdef object symbol_block
     cdef SymbolRule* symbols
+    cdef object symbol_profile_block
+    cdef uint32_t* symbol_profile
+    cdef readonly Py_ssize_t n_symbol_profiles
     cdef object strategy_block
     cdef StrategyRule* strategies
 
     cdef Py_ssize_t override_row(self, int64_t account_id, int64_t pair_key) noexcept nogil
+    cdef int64_t resolved_limit(self, int64_t account_id, int64_t symbol_id, Py_ssize_t override,
+                                int kind, int32_t* path) noexcept nogil
 
 
 @cython.final
@@ -366,14 +390,18 @@ cdef class Kernel:
     cdef Py_ssize_t free_top  # free_stack[free_top - 1] is the next slot handed out
     cdef Py_ssize_t live_count
 
-    # client order ids of the last ``client_order_id_memory`` accepted orders
+    # client order ids of the last ``client_order_id_memory`` accepted orders, held as
+    # their mix64 hashes: mix64 is a bijection of 64-bit values, so equal hashes are equal
+    # keys, and an 8-byte slot both identifies the key and gives its home slot. Hash 0
+    # (key 0) marks an empty slot, so key 0 is remembered by a flag instead.
     cdef object remembered_ring_block
-    cdef int64_t* remembered_ring
+    cdef uint64_t* remembered_ring
     cdef Py_ssize_t remembered_oldest  # ring index of the oldest key
     cdef Py_ssize_t remembered_count
     cdef object remembered_set_block
-    cdef RememberedKey* remembered_set
+    cdef uint64_t* remembered_set
     cdef uint64_t remembered_set_mask
+    cdef bint remembers_zero
 
     cdef uint64_t decide(self, RuleView view, const OrderTicket* order, Verdict* verdict,
                          int64_t* handle) noexcept nogil
@@ -387,9 +415,9 @@ cdef class Kernel:
     cdef void prefetch_working_orders(self, const OrderTicket* order) noexcept nogil
     cdef Py_ssize_t find_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil
     cdef Py_ssize_t add_position(self, int64_t pair_key, uint64_t pair_hash) noexcept nogil
-    cdef bint remembers(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil
-    cdef void remember(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil
-    cdef void forget(self, int64_t client_order_key) noexcept nogil
+    cdef bint remembers(self, uint64_t key_hash) noexcept nogil
+    cdef void remember(self, uint64_t key_hash) noexcept nogil
+    cdef void forget(self, uint64_t key_hash) noexcept nogil
     cdef void lock_state(self) noexcept
     cdef void unlock_state(self) noexcept nogil
     cdef void grow_accounts(self, Py_ssize_t needed)

@@ -14,6 +14,8 @@ from fastpath.model import CompiledRules
 ENUMS: Final[dict[str, dict[str, int]]]
 #: Scalar constants the kernel was compiled with (N_CHECKS, LIMIT_UNSET, ...).
 CONSTANTS: Final[dict[str, int]]
+#: Bytes per state and rule record (kernel.pxd), by struct name.
+RECORD_SIZES: Final[dict[str, int]]
 
 class RuleView:
     """Typed, validated views of one ``RuleTables`` (built by ``install_rules``)."""
@@ -28,6 +30,12 @@ class RuleView:
     def n_strategies(self) -> int: ...
     @property
     def n_overrides(self) -> int: ...
+    @property
+    def n_account_profiles(self) -> int:
+        """Distinct account records (accounts with the same settings share one)."""
+    @property
+    def n_symbol_profiles(self) -> int:
+        """Distinct symbol records."""
     def __init__(self, rules: CompiledRules) -> None: ...
 
 class CheckResult:

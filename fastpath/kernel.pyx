@@ -10,8 +10,14 @@ drives both and compares every decision, detail and state reader. What differs i
   records for accounts, strategies and symbols, an open-addressing table from
   ``account_id << 32 | symbol_id`` to dense position records, fixed order slots with a LIFO
   free stack, and a ring plus open-addressing set for client order ids;
-* all arithmetic is integer and exact, with ``__int128`` intermediates; every value
-  reported in a detail saturates to int64 exactly as ``fixedpoint.saturate`` does;
+* all arithmetic is integer and exact: 64-bit where it provably fits (checked with GCC's
+  overflow builtins, or by the value ranges the tables and the order path guarantee),
+  ``__int128`` otherwise; every value reported in a detail saturates to int64 exactly as
+  ``fixedpoint.saturate`` does;
+* :meth:`Kernel.decide` is written for the order that passes: limits are compared as
+  ``min(account chain, symbol cap)`` of packed records, and what only explains a failure
+  (rule paths, the scope a limit came from, wide observed values) is worked out in the
+  branch of that failure, from the tables as written;
 * the per-order core (:meth:`Kernel.decide`) touches no Python object and runs without the
   GIL; :meth:`Kernel.check_batch` runs a whole batch in it with the GIL released, as a
   software pipeline that prefetches the records of the orders ahead (at 10 000 accounts
@@ -27,8 +33,10 @@ from cpython.pythread cimport (
     PyThread_free_lock,
     PyThread_release_lock,
 )
-from libc.stdint cimport INT64_MAX, INT64_MIN, int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+
+import math
 
 import numpy as np
 
@@ -57,6 +65,8 @@ cdef extern from *:
         __builtin_prefetch((const void *)(address), 1, 3); \
         __asm__ volatile("" : : "r"(address)); \
     } while (0)
+    #define PT_LIKELY(condition) __builtin_expect(!!(condition), 1)
+    #define PT_UNLIKELY(condition) __builtin_expect(!!(condition), 0)
     #define PT_LIMIT_UNSET ((int64_t)-1)
     #define PT_LIMIT_UNLIMITED INT64_MAX
     #define PT_PPM_SCALE ((int64_t)1000000)
@@ -67,6 +77,12 @@ cdef extern from *:
     #define PT_MAX_INDEXED_ID ((int64_t)0x7FFFFFFF)
     """
     void PT_PREFETCH(const void* address) noexcept nogil
+    bint likely "PT_LIKELY"(bint condition) noexcept nogil
+    # GCC's checked arithmetic: true when the exact result does not fit ``*result``
+    bint add_overflows "__builtin_add_overflow"(int64_t a, int64_t b, int64_t* result) noexcept nogil
+    bint sub_overflows "__builtin_sub_overflow"(int64_t a, int64_t b, int64_t* result) noexcept nogil
+    bint mul_overflows_u64 "__builtin_mul_overflow"(uint64_t a, uint64_t b, uint64_t* result) noexcept nogil
+    bint unlikely "PT_UNLIKELY"(bint condition) noexcept nogil
     const int64_t LIMIT_UNSET "PT_LIMIT_UNSET"
     const int64_t LIMIT_UNLIMITED "PT_LIMIT_UNLIMITED"
     const int64_t PPM_SCALE "PT_PPM_SCALE"
@@ -171,6 +187,18 @@ CONSTANTS = {
     "CONTENT_MEMORY_PER_POSITION": CONTENT_MEMORY_PER_POSITION,
 }
 
+#: Bytes per record of kernel.pxd (whole cache lines or halves; a test holds them there).
+RECORD_SIZES = {
+    "AccountRule": sizeof(AccountRule),
+    "SymbolRule": sizeof(SymbolRule),
+    "StrategyRule": sizeof(StrategyRule),
+    "AccountState": sizeof(AccountState),
+    "StrategyState": sizeof(StrategyState),
+    "SymbolState": sizeof(SymbolState),
+    "PositionState": sizeof(PositionState),
+    "OrderSlot": sizeof(OrderSlot),
+}
+
 
 # ---------------------------------------------------------------------------------------
 # Exact integer arithmetic (the definitions are in fastpath/fixedpoint.py and reference.py)
@@ -244,6 +272,88 @@ cdef inline bint rate_applies(int64_t orders) noexcept nogil:
     return orders != LIMIT_UNSET and orders != LIMIT_UNLIMITED
 
 
+cdef inline int64_t refill_fast(int64_t tokens, int64_t last_ns, int64_t now_ns, int64_t orders,
+                                int64_t window_ns, int64_t capacity) noexcept nogil:
+    """:func:`refill` for a bucket in ``RATE_MODE_FAST`` (``orders >= 1``, ``window_ns >= 0``,
+    ``capacity = orders * window_ns`` fits int64): the same value, in 64 bits. Below
+    ``window_ns`` elapsed, ``elapsed * orders < capacity``, so the sum of two int64 values
+    >= 0 fits uint64 before it is capped."""
+    cdef int64_t elapsed
+    cdef uint64_t level
+    if tokens < 0:
+        return capacity
+    if unlikely(sub_overflows(now_ns, last_ns, &elapsed)):
+        return <int64_t>refill(tokens, last_ns, now_ns, orders, window_ns)
+    if elapsed <= 0:
+        return tokens if tokens < capacity else capacity
+    if elapsed >= window_ns:
+        return capacity
+    level = <uint64_t>tokens + <uint64_t>(elapsed * orders)
+    return <int64_t>level if level < <uint64_t>capacity else capacity
+
+
+cdef inline pt_i128 bucket_level(Verdict* verdict, int code, uint8_t mode, int64_t tokens, int64_t last_ns,
+                                 int64_t now_ns, int64_t orders, int64_t window_ns, int64_t capacity,
+                                 const int32_t* path) noexcept nogil:
+    """The level at ``now_ns`` of an order-rate bucket that applies (``RATE_MODE_FAST`` or
+    ``RATE_MODE_WIDE``); fails ``code`` (retry-after as observed) when it holds less than
+    one order. ``path`` is read only then."""
+    cdef pt_i128 level
+    if likely(mode == RATE_MODE_FAST):
+        level = refill_fast(tokens, last_ns, now_ns, orders, window_ns, capacity)
+    else:
+        level = refill(tokens, last_ns, now_ns, orders, window_ns)
+    if unlikely(level < window_ns):
+        fail(verdict, code, orders, ceil_div(window_ns - level, orders), path[0])
+    return level
+
+
+cdef uint8_t rate_mode(int64_t orders, int64_t window_ns, int64_t* capacity) noexcept:
+    """How the order path evaluates a rate limit (see ``RateMode``); sets the capacity of a
+    fast one."""
+    cdef pt_i128 wide = <pt_i128>orders * window_ns
+    capacity[0] = 0
+    if not rate_applies(orders):
+        return RATE_MODE_NONE
+    if orders >= 1 and window_ns >= 0 and wide <= INT64_MAX:
+        capacity[0] = <int64_t>wide
+        return RATE_MODE_FAST
+    return RATE_MODE_WIDE
+
+
+cdef inline int64_t fast_limit(int64_t limit) noexcept nogil:
+    """A limit as the records hold it: ``LIMIT_UNSET`` reads as no bound (INT64_MAX)."""
+    return INT64_MAX if limit == LIMIT_UNSET else limit
+
+
+cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
+    return a if a <= b else b
+
+
+cdef inline uint64_t div_ceil_u64(uint64_t numerator, uint64_t divisor) noexcept nogil:
+    cdef uint64_t quotient = numerator / divisor
+    return quotient + (quotient * divisor != numerator)
+
+
+cdef inline int64_t order_notional(int64_t qty, int64_t price, const SymbolRule* symbol) noexcept nogil:
+    """:func:`notional_micros` of an order (``qty`` and ``price`` > 0), by a shorter road
+    when it can: a whole number of units times the price needs no rounding in the first
+    step, and a product that fits 64 bits needs one division by the reduced denominator in
+    the second. Anything else takes :func:`notional_micros` itself; the value is the same."""
+    cdef uint64_t units = <uint64_t>qty / <uint64_t>PRICE_SCALE
+    cdef pt_u128 contract
+    cdef pt_u128 scaled
+    if units * <uint64_t>PRICE_SCALE != <uint64_t>qty:
+        return notional_micros(qty, price, symbol.multiplier)
+    contract = <pt_u128>units * <uint64_t>price
+    if contract > <pt_u128>INT64_MAX:
+        return INT64_MAX
+    scaled = contract * symbol.multiplier_num
+    if scaled >> 64:
+        return notional_micros(qty, price, symbol.multiplier)
+    return saturate(div_ceil_u64(<uint64_t>scaled, symbol.multiplier_den))
+
+
 cdef inline uint64_t mix64(uint64_t value) noexcept nogil:
     """splitmix64's finalizer: spreads sequential pair keys and client keys over a table."""
     value = (value ^ (value >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
@@ -296,6 +406,14 @@ cdef inline void load_ticket(OrderTicket* order, const OrderColumns* columns, Py
 cdef PositionState NO_POSITION
 NO_POSITION.first_order = -1
 
+#: What a new per-id state record starts as: active, nothing reserved, rate buckets full
+#: (never charged).
+cdef AccountState FRESH_ACCOUNT
+FRESH_ACCOUNT.rate_tokens = -1
+cdef StrategyState FRESH_STRATEGY
+FRESH_STRATEGY.rate_tokens = -1
+cdef SymbolState FRESH_SYMBOL
+
 
 # ---------------------------------------------------------------------------------------
 # Memory blocks
@@ -310,6 +428,49 @@ cdef void* block_address(object block) except NULL:
     """The first cache-line boundary in a block from :func:`zeroed_block`."""
     cdef uint8_t[::1] raw = block
     return <void*>((<size_t>&raw[0] + CACHE_LINE - 1) & ~(<size_t>CACHE_LINE - 1))
+
+
+cdef object grown_records(object block, void** records, Py_ssize_t* capacity, Py_ssize_t needed,
+                          size_t record_size, const void* fresh):
+    """The block of an array of per-id records with room for ``needed`` ids: ``block``
+    itself when it has, else a new one (its capacity at least doubled) holding a copy of
+    the records, with ``fresh`` copied into every new record; ``records`` and ``capacity``
+    are updated to it. The caller keeps the returned block (it owns the memory)."""
+    cdef Py_ssize_t old_capacity = capacity[0]
+    cdef Py_ssize_t new_capacity
+    cdef Py_ssize_t i
+    cdef char* new_records
+    if needed <= old_capacity:
+        return block
+    new_capacity = grown_capacity(old_capacity, needed)
+    new_block = zeroed_block(new_capacity, record_size)
+    new_records = <char*>block_address(new_block)
+    if old_capacity:
+        memcpy(new_records, records[0], old_capacity * record_size)
+    for i in range(old_capacity, new_capacity):
+        memcpy(new_records + i * record_size, fresh, record_size)
+    records[0] = new_records
+    capacity[0] = new_capacity
+    return new_block
+
+
+cdef tuple shared_records(const char* records, Py_ssize_t count, size_t record_size):
+    """The distinct records among ``count`` of them, by their bytes (the blocks are zeroed,
+    so padding compares equal): ``(block of the distinct records, block of one uint32
+    index into it per record, number of distinct records)``."""
+    cdef Py_ssize_t i
+    cdef uint32_t* index
+    cdef char* distinct
+    seen = {}
+    index_block = zeroed_block(count, sizeof(uint32_t))
+    index = <uint32_t*>block_address(index_block)
+    for i in range(count):
+        index[i] = seen.setdefault(records[i * record_size:(i + 1) * record_size], len(seen))
+    block = zeroed_block(len(seen), record_size)
+    distinct = <char*>block_address(block)
+    for record, i in seen.items():
+        memcpy(distinct + i * record_size, <const char*>record, record_size)
+    return block, index_block, len(seen)
 
 
 cdef Py_ssize_t power_of_two_at_least(Py_ssize_t wanted):
@@ -356,11 +517,19 @@ cdef class RuleView:
 
     An order reads some twenty values of its account and as many of its symbol; spread over
     the tables' two dozen arrays that is two dozen cache lines, which at 10 000 accounts
-    and symbols are mostly misses. So the view also packs each account's, symbol's and
-    strategy's row of every table into one record (:c:type:`AccountRule`,
-    :c:type:`SymbolRule`, :c:type:`StrategyRule`: two lines, two lines, half a line), and
-    the core reads those. The override tables are read in place: ``override_first`` gives
-    each account's range of rows, searched by binary search.
+    and symbols are mostly misses. So the view also packs what the order path reads of
+    each account, symbol and strategy into one record (:c:type:`AccountRule`,
+    :c:type:`SymbolRule`, :c:type:`StrategyRule`: two lines, two lines, half a line), in
+    the form it compares: unset limits read INT64_MAX, which limits are unset and which
+    ``MISSING_LIMIT`` bits an id contributes are bit masks, rate buckets carry their mode
+    and capacity, the multiplier its reduced fraction of 1e12. Accounts (and symbols)
+    whose records come out byte for byte the same share one: at 10 000 accounts most use
+    the firm's defaults, so what an order reads of its rules is a few cached records and a
+    4-byte index per id, not two cold lines per id. Rule paths and the raw
+    values are not packed: only a failure reads them, from the arrays (and
+    :meth:`resolved_limit`). The override tables are read in place, only for accounts that
+    have rows there: ``override_first`` gives each account's range of rows, searched by
+    binary search.
 
     The kernel indexes all of this without bounds checks, so construction checks what its
     safety and arithmetic rest on: one row per id in every array of a scope,
@@ -444,18 +613,23 @@ cdef class RuleView:
         for i in range(self.n_accounts):
             account = &self.accounts[i]
             for kind in range(N_LIMIT_KINDS):
-                account.limits[kind] = self.account_limits[i, kind]
-                account.limit_paths[kind] = self.account_limit_paths[i, kind]
+                account.limits[kind] = fast_limit(self.account_limits[i, kind])
+                if self.account_limits[i, kind] == LIMIT_UNSET:
+                    account.unset_kinds |= 1 << kind
             account.credit_limit = self.account_credit_limit[i]
-            account.credit_path = self.account_credit_path[i]
             account.max_working = self.account_max_working[i]
-            account.max_working_path = self.account_max_working_path[i]
             account.rate_orders = self.account_rate_orders[i]
             account.rate_window_ns = self.account_rate_window_ns[i]
-            account.rate_path = self.account_rate_path[i]
+            account.rate_mode = rate_mode(account.rate_orders, account.rate_window_ns, &account.rate_capacity)
             account.dup_window_ns = self.account_dup_window_ns[i]
             account.self_match = self.account_self_match[i]
             account.active = self.account_active[i]
+            if account.credit_limit == LIMIT_UNSET:
+                account.missing |= MISSING_CREDIT_LIMIT
+            if account.max_working == LIMIT_UNSET:
+                account.missing |= MISSING_MAX_WORKING_ORDERS
+            if account.rate_orders == LIMIT_UNSET:
+                account.missing |= MISSING_ACCOUNT_ORDER_RATE
             if account.active and rate_applies(account.rate_orders) and account.rate_orders < 1:
                 raise ValueError(f"{source}: account id {i} has an order rate of < 1 order")
 
@@ -464,20 +638,21 @@ cdef class RuleView:
         for i in range(self.n_symbols):
             symbol = &self.symbols[i]
             for kind in range(N_LIMIT_KINDS):
-                symbol.limits[kind] = self.symbol_limits[i, kind]
-                symbol.limit_paths[kind] = self.symbol_limit_paths[i, kind]
+                symbol.limits[kind] = fast_limit(self.symbol_limits[i, kind])
+                if self.symbol_limits[i, kind] == LIMIT_UNSET:
+                    symbol.unset_kinds |= 1 << kind
             symbol.tick = self.symbol_tick[i]
-            symbol.tick_path = self.symbol_tick_path[i]
             symbol.lot = self.symbol_lot[i]
-            symbol.lot_path = self.symbol_lot_path[i]
             symbol.multiplier = self.symbol_multiplier[i]
             symbol.max_ref_age_ns = self.symbol_max_ref_age_ns[i]
-            symbol.max_ref_age_path = self.symbol_max_ref_age_path[i]
             symbol.restricted_sides = self.symbol_restricted_sides[i]
-            symbol.restricted_path = self.symbol_restricted_path[i]
             symbol.active = self.symbol_active[i]
             if symbol.active and (symbol.tick < 1 or symbol.lot < 1 or symbol.multiplier < 1):
                 raise ValueError(f"{source}: symbol id {i} has a tick, lot or multiplier < 1 nano")
+            if symbol.multiplier >= 1:
+                divisor = math.gcd(symbol.multiplier, NANOS_PER_NOTIONAL_MICRO_SQUARED)
+                symbol.multiplier_num = symbol.multiplier // divisor
+                symbol.multiplier_den = NANOS_PER_NOTIONAL_MICRO_SQUARED // divisor
 
         self.strategy_block = zeroed_block(self.n_strategies, sizeof(StrategyRule))
         self.strategies = <StrategyRule*>block_address(self.strategy_block)
@@ -485,8 +660,11 @@ cdef class RuleView:
             strategy = &self.strategies[i]
             strategy.rate_orders = self.strategy_rate_orders[i]
             strategy.rate_window_ns = self.strategy_rate_window_ns[i]
-            strategy.rate_path = self.strategy_rate_path[i]
             strategy.active = self.strategy_active[i]
+            if i != 0:  # strategy 0 ("none") has no throttle and nothing missing
+                strategy.rate_mode = rate_mode(strategy.rate_orders, strategy.rate_window_ns, &strategy.rate_capacity)
+                if strategy.rate_orders == LIMIT_UNSET:
+                    strategy.missing = MISSING_STRATEGY_ORDER_RATE
             if strategy.active and rate_applies(strategy.rate_orders) and strategy.rate_orders < 1:
                 raise ValueError(f"{source}: strategy id {i} has an order rate of < 1 order")
 
@@ -499,6 +677,20 @@ cdef class RuleView:
         self.override_first = np.searchsorted(
             accounts_of_overrides, np.arange(self.n_accounts + 1), side="left"
         ).astype(np.int64)
+        for i in range(self.n_accounts):
+            self.accounts[i].has_overrides = self.override_first[i + 1] > self.override_first[i]
+
+        # one record per distinct setting: ids that share settings share a record
+        self.account_block, self.account_profile_block, self.n_account_profiles = shared_records(
+            <const char*>self.accounts, self.n_accounts, sizeof(AccountRule)
+        )
+        self.accounts = <AccountRule*>block_address(self.account_block)
+        self.account_profile = <uint32_t*>block_address(self.account_profile_block)
+        self.symbol_block, self.symbol_profile_block, self.n_symbol_profiles = shared_records(
+            <const char*>self.symbols, self.n_symbols, sizeof(SymbolRule)
+        )
+        self.symbols = <SymbolRule*>block_address(self.symbol_block)
+        self.symbol_profile = <uint32_t*>block_address(self.symbol_profile_block)
 
     cdef Py_ssize_t override_row(self, int64_t account_id, int64_t pair_key) noexcept nogil:
         """Row of the account x symbol override with this key, or -1: a binary search over
@@ -515,6 +707,141 @@ cdef class RuleView:
             base = base + half if self.override_keys[base + half] <= pair_key else base
             length -= half
         return base if self.override_keys[base] == pair_key else -1
+
+    cdef int64_t resolved_limit(self, int64_t account_id, int64_t symbol_id, Py_ssize_t override,
+                                int kind, int32_t* path) noexcept nogil:
+        """The effective limit of one kind and its path, from the tables as written: the
+        account chain (override row, else the account's row with the firm folded in)
+        against the symbol cap; the smaller wins, ties the chain; ``LIMIT_UNSET`` when set
+        nowhere. The order path compares against ``min(chain, cap)`` of the records; this
+        explains a failure (and settles the one case the two differ, an unset limit)."""
+        cdef int64_t chain = LIMIT_UNSET
+        cdef int32_t chain_path = NO_PATH
+        cdef int64_t cap = self.symbol_limits[symbol_id, kind]
+        if override >= 0:
+            chain = self.override_limits[override, kind]
+            chain_path = self.override_limit_paths[override, kind]
+        if chain == LIMIT_UNSET:
+            chain = self.account_limits[account_id, kind]
+            chain_path = self.account_limit_paths[account_id, kind]
+        if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
+            path[0] = chain_path if chain != LIMIT_UNSET else NO_PATH
+            return chain
+        path[0] = self.symbol_limit_paths[symbol_id, kind]
+        return cap
+
+
+cdef inline const AccountRule* account_rule_of(RuleView view, int64_t account_id) noexcept nogil:
+    """The rule record of a known account id (``0 <= account_id < n_accounts``)."""
+    return &view.accounts[view.account_profile[account_id]]
+
+
+cdef inline const SymbolRule* symbol_rule_of(RuleView view, int64_t symbol_id) noexcept nogil:
+    """The rule record of a known symbol id (``0 <= symbol_id < n_symbols``)."""
+    return &view.symbols[view.symbol_profile[symbol_id]]
+
+
+# ---------------------------------------------------------------------------------------
+# The long ways of Kernel.decide: an order that is invalid, meets a trading state other
+# than ACTIVE, or fails a limit whose explanation needs the tables as written
+# ---------------------------------------------------------------------------------------
+cdef uint64_t invalid_order(RuleView view, const OrderTicket* order, Verdict* verdict) noexcept nogil:
+    """Stage A of the check for an order that fails it: every invalid field and unknown id."""
+    cdef int64_t account_id = order.account_id
+    cdef int64_t symbol_id = order.symbol_id
+    cdef int64_t strategy_id = order.strategy_id
+    if order.side < SIDE_BUY or order.side > SIDE_SELL_SHORT:
+        fail(verdict, CHECK_INVALID_SIDE, 0, order.side, NO_PATH)
+    if order.order_type != ORDER_TYPE_LIMIT and order.order_type != ORDER_TYPE_MARKET:
+        fail(verdict, CHECK_INVALID_ORDER_TYPE, 0, order.order_type, NO_PATH)
+    if order.qty <= 0:
+        fail(verdict, CHECK_INVALID_QUANTITY, 0, order.qty, NO_PATH)
+    if order.order_type == ORDER_TYPE_LIMIT and order.price <= 0:
+        fail(verdict, CHECK_INVALID_PRICE, 0, order.price, NO_PATH)
+    if account_id < 0 or account_id >= view.n_accounts or not account_rule_of(view, account_id).active:
+        fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
+    if symbol_id < 0 or symbol_id >= view.n_symbols or not symbol_rule_of(view, symbol_id).active:
+        fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
+    if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active:
+        fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
+    return verdict.failed
+
+
+cdef void check_trading_state(Verdict* verdict, uint8_t firm_state, const AccountState* account,
+                              const StrategyState* strategy, const SymbolState* symbol,
+                              const PositionState* pos, bint is_buy, int64_t qty) noexcept nogil:
+    """The most restrictive scope wins; the first scope holding it is reported. REDUCING
+    admits what does not grow the position beyond zero, counting working orders."""
+    cdef uint8_t effective = firm_state
+    cdef int scope = SCOPE_FIRM
+    cdef pt_i128 reducible
+    cdef pt_i128 after
+    if account.trading_state > effective:
+        effective = account.trading_state
+        scope = SCOPE_ACCOUNT
+    if strategy.trading_state > effective:
+        effective = strategy.trading_state
+        scope = SCOPE_STRATEGY
+    if symbol.trading_state > effective:
+        effective = symbol.trading_state
+        scope = SCOPE_SYMBOL
+    if effective == TRADING_STATE_HALTED:
+        fail(verdict, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
+    elif effective == TRADING_STATE_REDUCING:
+        if is_buy:
+            reducible = -<pt_i128>pos.position
+            after = <pt_i128>pos.working_buy + qty
+        else:
+            reducible = pos.position
+            after = <pt_i128>pos.working_sell + qty
+        if reducible < 0:
+            reducible = 0
+        if after > reducible:
+            fail(verdict, CHECK_REDUCE_ONLY_VIOLATION, reducible, after, NO_PATH)
+
+
+cdef void fail_limit(Verdict* verdict, RuleView view, const OrderTicket* order, Py_ssize_t override,
+                     int kind, int code, pt_i128 observed) noexcept nogil:
+    """An observed value beyond ``min(chain, cap)`` of the records: fail ``code`` with the
+    effective limit and its path, unless that limit is set nowhere (then the check does not
+    apply: MISSING_LIMIT already says so)."""
+    cdef int32_t path
+    cdef int64_t limit = view.resolved_limit(order.account_id, order.symbol_id, override, kind, &path)
+    if limit != LIMIT_UNSET and observed > limit:
+        fail(verdict, code, limit, observed, path)
+
+
+cdef void fail_collar(Verdict* verdict, RuleView view, const OrderTicket* order, Py_ssize_t override,
+                      int64_t ref_price) noexcept nogil:
+    """A limit price outside the band: which band is the tighter, its edge and its path."""
+    cdef int32_t ppm_path
+    cdef int32_t ticks_path
+    cdef int64_t collar_ppm = view.resolved_limit(
+        order.account_id, order.symbol_id, override, LIMIT_KIND_PRICE_COLLAR_PPM, &ppm_path
+    )
+    cdef int64_t collar_ticks = view.resolved_limit(
+        order.account_id, order.symbol_id, override, LIMIT_KIND_PRICE_COLLAR_TICKS, &ticks_path
+    )
+    cdef int64_t price = order.price
+    cdef bint has_band = False
+    cdef pt_i128 band = 0
+    cdef pt_i128 tick_band
+    cdef int32_t band_path = NO_PATH
+    if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
+        band = mul_div(ref_price, collar_ppm, PPM_SCALE, False)
+        band_path = ppm_path
+        has_band = True
+    if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
+        tick_band = <pt_i128>collar_ticks * symbol_rule_of(view, order.symbol_id).tick
+        if not has_band or tick_band < band:
+            band = tick_band
+            band_path = ticks_path
+            has_band = True
+    if has_band:
+        if <pt_i128>price - ref_price > band:
+            fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price + band, price, band_path)
+        elif <pt_i128>ref_price - price > band:
+            fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price - band, price, band_path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -626,13 +953,14 @@ cdef class Kernel:
             self.free_top = max_orders
             self.live_count = 0
 
-            self.remembered_ring_block = zeroed_block(client_order_id_memory, sizeof(int64_t))
-            self.remembered_ring = <int64_t*>block_address(self.remembered_ring_block)
+            self.remembered_ring_block = zeroed_block(client_order_id_memory, sizeof(uint64_t))
+            self.remembered_ring = <uint64_t*>block_address(self.remembered_ring_block)
             self.remembered_oldest = 0
             self.remembered_count = 0
             table_size = power_of_two_at_least(2 * client_order_id_memory)
-            self.remembered_set_block = zeroed_block(table_size, sizeof(RememberedKey))
-            self.remembered_set = <RememberedKey*>block_address(self.remembered_set_block)
+            self.remembered_set_block = zeroed_block(table_size, sizeof(uint64_t))
+            self.remembered_set = <uint64_t*>block_address(self.remembered_set_block)
+            self.remembers_zero = False
             self.remembered_set_mask = table_size - 1
         finally:
             self.unlock_state()
@@ -649,52 +977,22 @@ cdef class Kernel:
 
     # -- growth of per-id state (Python level, never on the order path; lock held) ------
     cdef void grow_accounts(self, Py_ssize_t needed):
-        cdef Py_ssize_t capacity
-        cdef Py_ssize_t i
-        cdef AccountState* records
-        if needed <= self.account_capacity:
-            return
-        capacity = grown_capacity(self.account_capacity, needed)
-        block = zeroed_block(capacity, sizeof(AccountState))
-        records = <AccountState*>block_address(block)
-        if self.account_capacity:
-            memcpy(records, self.accounts, self.account_capacity * sizeof(AccountState))
-        for i in range(self.account_capacity, capacity):
-            records[i].rate_tokens = -1
-        self.account_block = block
-        self.accounts = records
-        self.account_capacity = capacity
+        self.account_block = grown_records(
+            self.account_block, <void**>&self.accounts, &self.account_capacity, needed,
+            sizeof(AccountState), &FRESH_ACCOUNT,
+        )
 
     cdef void grow_strategies(self, Py_ssize_t needed):
-        cdef Py_ssize_t capacity
-        cdef Py_ssize_t i
-        cdef StrategyState* records
-        if needed <= self.strategy_capacity:
-            return
-        capacity = grown_capacity(self.strategy_capacity, needed)
-        block = zeroed_block(capacity, sizeof(StrategyState))
-        records = <StrategyState*>block_address(block)
-        if self.strategy_capacity:
-            memcpy(records, self.strategies, self.strategy_capacity * sizeof(StrategyState))
-        for i in range(self.strategy_capacity, capacity):
-            records[i].rate_tokens = -1
-        self.strategy_block = block
-        self.strategies = records
-        self.strategy_capacity = capacity
+        self.strategy_block = grown_records(
+            self.strategy_block, <void**>&self.strategies, &self.strategy_capacity, needed,
+            sizeof(StrategyState), &FRESH_STRATEGY,
+        )
 
     cdef void grow_symbols(self, Py_ssize_t needed):
-        cdef Py_ssize_t capacity
-        cdef SymbolState* records
-        if needed <= self.symbol_capacity:
-            return
-        capacity = grown_capacity(self.symbol_capacity, needed)
-        block = zeroed_block(capacity, sizeof(SymbolState))
-        records = <SymbolState*>block_address(block)
-        if self.symbol_capacity:
-            memcpy(records, self.symbols, self.symbol_capacity * sizeof(SymbolState))
-        self.symbol_block = block
-        self.symbols = records
-        self.symbol_capacity = capacity
+        self.symbol_block = grown_records(
+            self.symbol_block, <void**>&self.symbols, &self.symbol_capacity, needed,
+            sizeof(SymbolState), &FRESH_SYMBOL,
+        )
 
     # -- configuration ------------------------------------------------------------------
     @property
@@ -870,9 +1168,11 @@ cdef class Kernel:
         cdef int64_t[:, ::1] observed_rows = out_observed
         cdef int32_t[:, ::1] path_rows = out_paths
         cdef Py_ssize_t n = account_column.shape[0]
-        cdef Py_ssize_t i
+        cdef Py_ssize_t step
         cdef Py_ssize_t ahead
         cdef Py_ssize_t accepted = 0
+        cdef uint64_t decision
+        cdef OrderTicket* ticket
         cdef OrderColumns columns
         # Orders i .. i + PREFETCH_DISTANCE, read and hashed ahead of their decision.
         cdef OrderTicket pipeline[PIPELINE_SIZE]
@@ -928,25 +1228,31 @@ cdef class Kernel:
             # A software pipeline: each order is read and hashed PREFETCH_DISTANCE orders
             # before its decision and its rule, state and hash-slot lines requested; half
             # way its position record, a quarter of the way its pair's first working order.
-            for ahead in range(min(n, PREFETCH_DISTANCE)):
-                load_ticket(&pipeline[ahead & PIPELINE_MASK], &columns, ahead)
-                self.prefetch_order(view, &pipeline[ahead & PIPELINE_MASK])
-            for i in range(n):
-                ahead = i + PREFETCH_DISTANCE
+            # (One loop from -PREFETCH_DISTANCE, so that each stage has one call site and
+            # inlines.)
+            for step in range(-PREFETCH_DISTANCE, n):
+                ahead = step + PREFETCH_DISTANCE
                 if ahead < n:
-                    load_ticket(&pipeline[ahead & PIPELINE_MASK], &columns, ahead)
-                    self.prefetch_order(view, &pipeline[ahead & PIPELINE_MASK])
-                ahead = i + PREFETCH_DISTANCE // 2
-                if ahead < n:
+                    ticket = &pipeline[ahead & PIPELINE_MASK]
+                    load_ticket(ticket, &columns, ahead)
+                    self.prefetch_order(view, ticket)
+                ahead = step + PREFETCH_DISTANCE // 2
+                if 0 <= ahead < n:
                     self.prefetch_position(view, &pipeline[ahead & PIPELINE_MASK])
-                ahead = i + PREFETCH_DISTANCE // 4
-                if ahead < n:
+                ahead = step + PREFETCH_DISTANCE // 4
+                if 0 <= ahead < n:
                     self.prefetch_working_orders(&pipeline[ahead & PIPELINE_MASK])
-                verdict.limits = &limit_rows[i, 0]
-                verdict.observed = &observed_rows[i, 0]
-                verdict.paths = &path_rows[i, 0]
-                failed_column[i] = self.decide(view, &pipeline[i & PIPELINE_MASK], &verdict, &handle_column[i])
-                accepted += failed_column[i] == 0
+                # the order slot the next accepts but one will take (popped LIFO from the
+                # free stack; the accept writes a whole line of it)
+                if self.free_top > 2:
+                    PT_PREFETCH(&self.orders[self.free_stack[self.free_top - 3]])
+                if step >= 0:
+                    verdict.limits = &limit_rows[step, 0]
+                    verdict.observed = &observed_rows[step, 0]
+                    verdict.paths = &path_rows[step, 0]
+                    decision = self.decide(view, &pipeline[step & PIPELINE_MASK], &verdict, &handle_column[step])
+                    failed_column[step] = decision
+                    accepted += decision == 0
             self.unlock_state()
         return accepted
 
@@ -956,6 +1262,11 @@ cdef class Kernel:
 
         Writes the failure details into ``verdict`` and, on accept, moves the state and
         writes the handle. Returns the failure mask (0 = accepted).
+
+        Written for the order that passes: every check is a comparison against the packed
+        records (limits as ``min(chain, cap)``, 64-bit arithmetic where it provably fits),
+        and what only explains a failure (rule paths, which scope a limit came from,
+        128-bit observed values) is worked out in the branch of that failure.
         """
         cdef int64_t account_id = order.account_id
         cdef int64_t symbol_id = order.symbol_id
@@ -965,280 +1276,206 @@ cdef class Kernel:
         cdef int64_t qty = order.qty
         cdef int64_t price = order.price
         cdef int64_t now_ns = order.now_ns
+        cdef bint is_limit = order_type == ORDER_TYPE_LIMIT
         handle[0] = -1
         verdict.failed = 0
 
-        # ---- stage A: validity and identity --------------------------------------------
-        if side < SIDE_BUY or side > SIDE_SELL_SHORT:
-            fail(verdict, CHECK_INVALID_SIDE, 0, side, NO_PATH)
-        if order_type != ORDER_TYPE_LIMIT and order_type != ORDER_TYPE_MARKET:
-            fail(verdict, CHECK_INVALID_ORDER_TYPE, 0, order_type, NO_PATH)
-        if qty <= 0:
-            fail(verdict, CHECK_INVALID_QUANTITY, 0, qty, NO_PATH)
-        if order_type == ORDER_TYPE_LIMIT and price <= 0:
-            fail(verdict, CHECK_INVALID_PRICE, 0, price, NO_PATH)
-        if account_id < 0 or account_id >= view.n_accounts or not view.accounts[account_id].active:
-            fail(verdict, CHECK_UNKNOWN_ACCOUNT, 0, account_id, NO_PATH)
-        if symbol_id < 0 or symbol_id >= view.n_symbols or not view.symbols[symbol_id].active:
-            fail(verdict, CHECK_UNKNOWN_SYMBOL, 0, symbol_id, NO_PATH)
-        if strategy_id < 0 or strategy_id >= view.n_strategies or not view.strategies[strategy_id].active:
-            fail(verdict, CHECK_UNKNOWN_STRATEGY, 0, strategy_id, NO_PATH)
-        if verdict.failed:
-            return verdict.failed
+        # ---- stage A: validity and identity (one test when all is well) -----------------
+        if unlikely(
+            (<uint64_t>side - SIDE_BUY > <uint64_t>(SIDE_SELL_SHORT - SIDE_BUY))
+            | (<uint64_t>order_type - ORDER_TYPE_LIMIT > <uint64_t>(ORDER_TYPE_MARKET - ORDER_TYPE_LIMIT))
+            | (qty <= 0)
+            | (is_limit & (price <= 0))
+            | (<uint64_t>account_id >= <uint64_t>view.n_accounts)
+            | (<uint64_t>symbol_id >= <uint64_t>view.n_symbols)
+            | (<uint64_t>strategy_id >= <uint64_t>view.n_strategies)
+        ):
+            return invalid_order(view, order, verdict)
+        cdef const AccountRule* account_rule = account_rule_of(view, account_id)
+        cdef const SymbolRule* symbol_rule = symbol_rule_of(view, symbol_id)
+        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
+        if unlikely(not (account_rule.active & symbol_rule.active & strategy_rule.active)):
+            return invalid_order(view, order, verdict)
 
         # ---- stage B --------------------------------------------------------------------
-        cdef const AccountRule* account_rule = &view.accounts[account_id]
-        cdef const SymbolRule* symbol_rule = &view.symbols[symbol_id]
         cdef AccountState* account = &self.accounts[account_id]
         cdef SymbolState* symbol = &self.symbols[symbol_id]
         cdef StrategyState* strategy = &self.strategies[strategy_id]
-        cdef bint is_limit = order_type == ORDER_TYPE_LIMIT
         cdef bint is_buy = side == SIDE_BUY
-        cdef int64_t pair_key = order.pair_key
         cdef Py_ssize_t position_index = order.position_index
         if position_index < 0:
-            position_index = self.find_position(pair_key, order.pair_hash)
+            position_index = self.find_position(order.pair_key, order.pair_hash)
         cdef const PositionState* pos = &NO_POSITION
         if position_index >= 0:
             pos = &self.positions[position_index]
 
         # validity against reference data
         cdef int64_t tick = symbol_rule.tick
-        if is_limit and price % tick:
-            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, symbol_rule.tick_path)
-        if qty % symbol_rule.lot:
-            fail(verdict, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, symbol_rule.lot_path)
+        if unlikely(is_limit and price % tick):
+            fail(verdict, CHECK_PRICE_OFF_TICK, tick, price, view.symbol_tick_path[symbol_id])
+        if unlikely(qty % symbol_rule.lot):
+            fail(verdict, CHECK_QUANTITY_OFF_LOT, symbol_rule.lot, qty, view.symbol_lot_path[symbol_id])
 
         # reference price
         cdef int64_t max_age = symbol_rule.max_ref_age_ns
         cdef int64_t ref_price = symbol.reference_price
-        cdef pt_i128 ref_age = <pt_i128>now_ns - symbol.reference_ts_ns
-        cdef bint fresh = False
-        if ref_price <= 0:
-            fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
-        elif ref_age > max_age:
-            fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, ref_age, symbol_rule.max_ref_age_path)
+        cdef int64_t ref_age
+        cdef bint fresh
+        if likely(not sub_overflows(now_ns, symbol.reference_ts_ns, &ref_age)):
+            fresh = (ref_price > 0) & (ref_age <= max_age)
         else:
-            fresh = True
-
-        # limits the order needs: the account chain (override row, else the account's row
-        # with the firm folded in) against the symbol cap; the smaller wins, ties the chain
-        cdef Py_ssize_t override = view.override_row(account_id, pair_key)
-        cdef int64_t limit[N_LIMIT_KINDS]
-        cdef int32_t limit_path[N_LIMIT_KINDS]
-        cdef int64_t chain
-        cdef int32_t chain_path
-        cdef int64_t cap
-        cdef int kind
-        for kind in range(N_LIMIT_KINDS):
-            chain = LIMIT_UNSET
-            chain_path = NO_PATH
-            if override >= 0:
-                chain = view.override_limits[override, kind]
-                chain_path = view.override_limit_paths[override, kind]
-            if chain == LIMIT_UNSET:
-                chain = account_rule.limits[kind]
-                chain_path = account_rule.limit_paths[kind]
-            cap = symbol_rule.limits[kind]
-            if cap == LIMIT_UNSET or (chain != LIMIT_UNSET and chain <= cap):
-                limit[kind] = chain
-                limit_path[kind] = chain_path if chain != LIMIT_UNSET else NO_PATH
+            fresh = (ref_price > 0) & (<pt_i128>now_ns - symbol.reference_ts_ns <= max_age)
+        if unlikely(not fresh):
+            if ref_price <= 0:
+                fail(verdict, CHECK_REFERENCE_PRICE_MISSING, 0, 0, NO_PATH)
             else:
-                limit[kind] = cap
-                limit_path[kind] = symbol_rule.limit_paths[kind]
-        cdef int64_t qty_limit = limit[<int>LIMIT_KIND_MAX_ORDER_QTY]
-        cdef int64_t notional_limit = limit[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL]
-        cdef int64_t long_limit = limit[<int>LIMIT_KIND_MAX_LONG_POSITION]
-        cdef int64_t short_limit = limit[<int>LIMIT_KIND_MAX_SHORT_POSITION]
-        cdef int64_t collar_ppm = limit[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
-        cdef int64_t collar_ticks = limit[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
-        cdef int64_t credit = account_rule.credit_limit
-        cdef int64_t max_working = account_rule.max_working
-        cdef int64_t account_rate_orders = account_rule.rate_orders
-        cdef int64_t account_rate_window = account_rule.rate_window_ns
-        cdef int64_t strategy_rate_orders = LIMIT_UNSET
-        cdef int64_t strategy_rate_window = 0
-        cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
-        if strategy_id != 0:
-            strategy_rate_orders = strategy_rule.rate_orders
-            strategy_rate_window = strategy_rule.rate_window_ns
+                fail(verdict, CHECK_REFERENCE_PRICE_STALE, max_age, <pt_i128>now_ns - symbol.reference_ts_ns,
+                     view.symbol_max_ref_age_path[symbol_id])
 
-        cdef int64_t missing = 0
-        if qty_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_ORDER_QTY
-        if notional_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_ORDER_NOTIONAL
-        if long_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_LONG_POSITION
-        if short_limit == LIMIT_UNSET:
-            missing |= MISSING_MAX_SHORT_POSITION
-        if credit == LIMIT_UNSET:
-            missing |= MISSING_CREDIT_LIMIT
-        if max_working == LIMIT_UNSET:
-            missing |= MISSING_MAX_WORKING_ORDERS
-        if account_rate_orders == LIMIT_UNSET:
-            missing |= MISSING_ACCOUNT_ORDER_RATE
-        if is_limit and collar_ppm == LIMIT_UNSET and collar_ticks == LIMIT_UNSET:
+        # limits: the account chain (an override row, else the account's row with the firm
+        # folded in) and the symbol cap; an unset one reads INT64_MAX, so the effective
+        # limit is min(chain, cap) and the order passes a kind iff it is within both
+        cdef const int64_t* chain = account_rule.limits
+        cdef const int64_t* cap = symbol_rule.limits
+        cdef int64_t override_chain[N_LIMIT_KINDS]
+        cdef uint32_t unset_kinds = account_rule.unset_kinds
+        cdef Py_ssize_t override = -1
+        cdef int64_t value
+        cdef int kind
+        if unlikely(account_rule.has_overrides):
+            override = view.override_row(account_id, order.pair_key)
+            if override >= 0:
+                for kind in range(N_LIMIT_KINDS):
+                    value = view.override_limits[override, kind]
+                    if value == LIMIT_UNSET:
+                        override_chain[kind] = chain[kind]
+                    else:
+                        override_chain[kind] = value
+                        unset_kinds &= ~(<uint32_t>1 << kind)
+                chain = override_chain
+        # (LimitKind 0..3 and MissingLimit bits 0..3 are the same four limits)
+        unset_kinds &= symbol_rule.unset_kinds
+        cdef int64_t missing = (unset_kinds & 0xF) | account_rule.missing | strategy_rule.missing
+        if is_limit and (unset_kinds >> <int>LIMIT_KIND_PRICE_COLLAR_PPM) == 3:
             missing |= MISSING_PRICE_COLLAR
-        if strategy_id != 0 and strategy_rate_orders == LIMIT_UNSET:
-            missing |= MISSING_STRATEGY_ORDER_RATE
-        if missing:
+        if unlikely(missing):
             fail(verdict, CHECK_MISSING_LIMIT, 0, missing, NO_PATH)
 
-        # trading state: the most restrictive scope wins; the first scope holding it is reported
-        cdef uint8_t effective = self.firm_state
-        cdef int scope = SCOPE_FIRM
-        if account.trading_state > effective:
-            effective = account.trading_state
-            scope = SCOPE_ACCOUNT
-        if strategy.trading_state > effective:
-            effective = strategy.trading_state
-            scope = SCOPE_STRATEGY
-        if symbol.trading_state > effective:
-            effective = symbol.trading_state
-            scope = SCOPE_SYMBOL
-        cdef pt_i128 reducible
-        cdef pt_i128 after
-        if effective == TRADING_STATE_HALTED:
-            fail(verdict, CHECK_TRADING_HALTED, scope, effective, NO_PATH)
-        elif effective == TRADING_STATE_REDUCING:
-            if is_buy:
-                reducible = -<pt_i128>pos.position
-                after = <pt_i128>pos.working_buy + qty
-            else:
-                reducible = pos.position
-                after = <pt_i128>pos.working_sell + qty
-            if reducible < 0:
-                reducible = 0
-            if after > reducible:
-                fail(verdict, CHECK_REDUCE_ONLY_VIOLATION, reducible, after, NO_PATH)
+        # trading state: anything but ACTIVE anywhere takes the long way
+        if unlikely(self.firm_state | account.trading_state | strategy.trading_state | symbol.trading_state):
+            check_trading_state(verdict, self.firm_state, account, strategy, symbol, pos, is_buy, qty)
 
         # restricted list: firm-wide first, then the account's own
         cdef uint8_t side_bit = 1 << side
-        if symbol_rule.restricted_sides & side_bit:
-            fail(verdict, CHECK_SYMBOL_RESTRICTED, symbol_rule.restricted_sides, side, symbol_rule.restricted_path)
+        if unlikely(symbol_rule.restricted_sides & side_bit):
+            fail(verdict, CHECK_SYMBOL_RESTRICTED, symbol_rule.restricted_sides, side,
+                 view.symbol_restricted_path[symbol_id])
         elif override >= 0 and view.override_restricted_sides[override] & side_bit:
-            fail(
-                verdict,
-                CHECK_SYMBOL_RESTRICTED,
-                view.override_restricted_sides[override],
-                side,
-                view.override_restricted_path[override],
-            )
+            fail(verdict, CHECK_SYMBOL_RESTRICTED, view.override_restricted_sides[override], side,
+                 view.override_restricted_path[override])
 
         # order size
-        if qty_limit != LIMIT_UNSET and qty > qty_limit:
-            fail(verdict, CHECK_MAX_ORDER_QTY_EXCEEDED, qty_limit, qty, limit_path[<int>LIMIT_KIND_MAX_ORDER_QTY])
+        if unlikely(qty > min64(chain[<int>LIMIT_KIND_MAX_ORDER_QTY], cap[<int>LIMIT_KIND_MAX_ORDER_QTY])):
+            fail_limit(verdict, view, order, override, LIMIT_KIND_MAX_ORDER_QTY, CHECK_MAX_ORDER_QTY_EXCEEDED, qty)
         cdef int64_t effective_price = price if is_limit else ref_price
         cdef int64_t notional = -1
         if effective_price > 0:
-            notional = notional_micros(qty, effective_price, symbol_rule.multiplier)
-        if notional >= 0 and notional_limit != LIMIT_UNSET and notional > notional_limit:
-            fail(
-                verdict,
-                CHECK_MAX_ORDER_NOTIONAL_EXCEEDED,
-                notional_limit,
-                notional,
-                limit_path[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL],
-            )
+            notional = order_notional(qty, effective_price, symbol_rule)
+        if unlikely(notional > min64(chain[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL], cap[<int>LIMIT_KIND_MAX_ORDER_NOTIONAL])):
+            fail_limit(verdict, view, order, override, LIMIT_KIND_MAX_ORDER_NOTIONAL,
+                       CHECK_MAX_ORDER_NOTIONAL_EXCEEDED, notional)
 
-        # price collar: the tighter of the percentage and tick bands around a fresh reference
-        cdef bint has_band = False
-        cdef pt_i128 band = 0
-        cdef pt_i128 tick_band
-        cdef int32_t band_path = NO_PATH
+        # price collar: the tighter of the percentage and tick bands around a fresh reference.
+        # Both prices are in (0, INT64_MAX], so their distance fits; a band is clipped to
+        # UINT64_MAX, beyond any distance (the failure branch recomputes it exactly).
+        cdef int64_t collar_ppm
+        cdef int64_t collar_ticks
+        cdef uint64_t band
+        cdef uint64_t tick_band
+        cdef uint64_t distance
+        cdef pt_u128 band_product
         if is_limit and fresh:
-            if collar_ppm != LIMIT_UNSET and collar_ppm != LIMIT_UNLIMITED:
-                band = mul_div(ref_price, collar_ppm, PPM_SCALE, False)
-                band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_PPM]
-                has_band = True
-            if collar_ticks != LIMIT_UNSET and collar_ticks != LIMIT_UNLIMITED:
-                tick_band = <pt_i128>collar_ticks * tick
-                if not has_band or tick_band < band:
-                    band = tick_band
-                    band_path = limit_path[<int>LIMIT_KIND_PRICE_COLLAR_TICKS]
-                    has_band = True
-            if has_band:
-                if <pt_i128>price - ref_price > band:
-                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price + band, price, band_path)
-                elif <pt_i128>ref_price - price > band:
-                    fail(verdict, CHECK_PRICE_COLLAR_BREACHED, ref_price - band, price, band_path)
+            collar_ppm = min64(chain[<int>LIMIT_KIND_PRICE_COLLAR_PPM], cap[<int>LIMIT_KIND_PRICE_COLLAR_PPM])
+            collar_ticks = min64(chain[<int>LIMIT_KIND_PRICE_COLLAR_TICKS], cap[<int>LIMIT_KIND_PRICE_COLLAR_TICKS])
+            # INT64_MAX: unset or unlimited, no band of that kind
+            if collar_ppm != INT64_MAX or collar_ticks != INT64_MAX:
+                band = UINT64_MAX
+                if collar_ppm != INT64_MAX:
+                    band_product = <pt_u128><uint64_t>ref_price * <uint64_t>collar_ppm
+                    if likely(not (band_product >> 64)):
+                        band = <uint64_t>band_product / <uint64_t>PPM_SCALE
+                    elif mul_div(ref_price, collar_ppm, PPM_SCALE, False) < <pt_u128>UINT64_MAX:
+                        band = <uint64_t>mul_div(ref_price, collar_ppm, PPM_SCALE, False)
+                if collar_ticks != INT64_MAX:
+                    if mul_overflows_u64(<uint64_t>collar_ticks, <uint64_t>tick, &tick_band):
+                        tick_band = UINT64_MAX
+                    if tick_band < band:
+                        band = tick_band
+                distance = <uint64_t>(price - ref_price) if price >= ref_price else <uint64_t>(ref_price - price)
+                if unlikely(distance > band):
+                    fail_collar(verdict, view, order, override, ref_price)
 
         # credit: working + filled + this order
-        cdef pt_i128 exposure
+        cdef int64_t credit = account_rule.credit_limit
+        cdef int64_t exposure
+        cdef pt_i128 wide_exposure
         if notional >= 0 and credit != LIMIT_UNSET:
-            exposure = <pt_i128>account.working_notional + account.filled_notional + notional
-            if exposure > credit:
-                fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, exposure, account_rule.credit_path)
+            if unlikely(
+                add_overflows(account.working_notional, account.filled_notional, &exposure)
+                | add_overflows(exposure, notional, &exposure)
+                | (exposure > credit)
+            ):
+                wide_exposure = <pt_i128>account.working_notional + account.filled_notional + notional
+                if wide_exposure > credit:
+                    fail(verdict, CHECK_CREDIT_LIMIT_EXCEEDED, credit, wide_exposure, view.account_credit_path[account_id])
 
         # position, counting working orders on the side that increases it
         cdef pt_i128 position_after
         if is_buy:
-            if long_limit != LIMIT_UNSET:
-                position_after = <pt_i128>pos.position + pos.working_buy + qty
-                if position_after > long_limit:
-                    fail(
-                        verdict,
-                        CHECK_LONG_POSITION_LIMIT_EXCEEDED,
-                        long_limit,
-                        position_after,
-                        limit_path[<int>LIMIT_KIND_MAX_LONG_POSITION],
-                    )
-        elif short_limit != LIMIT_UNSET:
+            position_after = <pt_i128>pos.position + pos.working_buy + qty
+            if unlikely(position_after > min64(chain[<int>LIMIT_KIND_MAX_LONG_POSITION], cap[<int>LIMIT_KIND_MAX_LONG_POSITION])):
+                fail_limit(verdict, view, order, override, LIMIT_KIND_MAX_LONG_POSITION,
+                           CHECK_LONG_POSITION_LIMIT_EXCEEDED, position_after)
+        else:
             position_after = <pt_i128>pos.working_sell + qty - pos.position
-            if position_after > short_limit:
-                fail(
-                    verdict,
-                    CHECK_SHORT_POSITION_LIMIT_EXCEEDED,
-                    short_limit,
-                    position_after,
-                    limit_path[<int>LIMIT_KIND_MAX_SHORT_POSITION],
-                )
+            if unlikely(position_after > min64(chain[<int>LIMIT_KIND_MAX_SHORT_POSITION], cap[<int>LIMIT_KIND_MAX_SHORT_POSITION])):
+                fail_limit(verdict, view, order, override, LIMIT_KIND_MAX_SHORT_POSITION,
+                           CHECK_SHORT_POSITION_LIMIT_EXCEEDED, position_after)
 
         # order rates (token buckets; charged on accept only)
         cdef pt_i128 account_level = 0
         cdef pt_i128 strategy_level = 0
-        if rate_applies(account_rate_orders):
-            account_level = refill(
-                account.rate_tokens, account.rate_last_ns, now_ns, account_rate_orders, account_rate_window
+        if account_rule.rate_mode != RATE_MODE_NONE:
+            account_level = bucket_level(
+                verdict, CHECK_ACCOUNT_ORDER_RATE_EXCEEDED, account_rule.rate_mode, account.rate_tokens,
+                account.rate_last_ns, now_ns, account_rule.rate_orders, account_rule.rate_window_ns,
+                account_rule.rate_capacity, &view.account_rate_path[account_id],
             )
-            if account_level < account_rate_window:
-                fail(
-                    verdict,
-                    CHECK_ACCOUNT_ORDER_RATE_EXCEEDED,
-                    account_rate_orders,
-                    ceil_div(account_rate_window - account_level, account_rate_orders),
-                    account_rule.rate_path,
-                )
-        if rate_applies(strategy_rate_orders):
-            strategy_level = refill(
-                strategy.rate_tokens, strategy.rate_last_ns, now_ns, strategy_rate_orders, strategy_rate_window
+        if strategy_rule.rate_mode != RATE_MODE_NONE:
+            strategy_level = bucket_level(
+                verdict, CHECK_STRATEGY_ORDER_RATE_EXCEEDED, strategy_rule.rate_mode, strategy.rate_tokens,
+                strategy.rate_last_ns, now_ns, strategy_rule.rate_orders, strategy_rule.rate_window_ns,
+                strategy_rule.rate_capacity, &view.strategy_rate_path[strategy_id],
             )
-            if strategy_level < strategy_rate_window:
-                fail(
-                    verdict,
-                    CHECK_STRATEGY_ORDER_RATE_EXCEEDED,
-                    strategy_rate_orders,
-                    ceil_div(strategy_rate_window - strategy_level, strategy_rate_orders),
-                    strategy_rule.rate_path,
-                )
 
         # duplicates: the client order id, then the content newest first
-        if self.remembers(order.client_order_key, order.key_hash):
+        if unlikely(self.remembers(order.key_hash)):
             fail(verdict, CHECK_DUPLICATE_CLIENT_ORDER_ID, 0, 0, NO_PATH)
         cdef int64_t content_window = account_rule.dup_window_ns
-        cdef int64_t content_price = price if is_limit else 0
-        cdef int64_t content_kind = side | order_type << 2
+        cdef int64_t content_price
+        cdef int64_t content_kind
         cdef int age_rank
         cdef int entry
         cdef pt_i128 recent_age
         if content_window > 0:
+            content_price = price if is_limit else 0
+            content_kind = side | order_type << 2
             for age_rank in range(pos.recent_count):
                 entry = (pos.recent_next - 1 - age_rank) & (CONTENT_MEMORY_PER_POSITION - 1)
                 if (
-                    (pos.recent_kinds >> (4 * entry)) & 0xF == content_kind
-                    and pos.recent_qty[entry] == qty
+                    pos.recent_qty[entry] == qty
                     and pos.recent_price[entry] == content_price
+                    and (pos.recent_kinds >> (4 * entry)) & 0xF == content_kind
                 ):
                     recent_age = <pt_i128>now_ns - pos.recent_accepted_ns[entry]
                     if recent_age <= content_window:
@@ -1246,24 +1483,20 @@ cdef class Kernel:
                         break
 
         # working orders
+        cdef int64_t max_working = account_rule.max_working
         cdef int64_t working_after = account.working_count + 1
-        if max_working != LIMIT_UNSET and working_after > max_working:
-            fail(
-                verdict,
-                CHECK_MAX_WORKING_ORDERS_EXCEEDED,
-                max_working,
-                working_after,
-                account_rule.max_working_path,
-            )
+        if unlikely(max_working != LIMIT_UNSET and working_after > max_working):
+            fail(verdict, CHECK_MAX_WORKING_ORDERS_EXCEEDED, max_working, working_after,
+                 view.account_max_working_path[account_id])
 
         # self-match: would the order cross the account's own working order on the other side?
-        cdef int64_t cross = cross_price(side, order_type, price)
-        cdef int32_t slot
+        cdef int64_t cross
+        cdef int32_t slot = pos.first_order
         cdef const OrderSlot* working
         cdef bint has_opposite = False
         cdef int64_t opposite = 0
-        if account_rule.self_match:
-            slot = pos.first_order
+        if account_rule.self_match and slot >= 0:
+            cross = cross_price(side, order_type, price)
             while slot >= 0:
                 working = &self.orders[slot]
                 if (working.side == SIDE_BUY) != is_buy:
@@ -1275,9 +1508,9 @@ cdef class Kernel:
                 fail(verdict, CHECK_SELF_MATCH_PREVENTED, opposite, cross, NO_PATH)
 
         # capacity of the kernel's own tables: orders first, then positions
-        if self.live_count >= self.max_orders:
+        if unlikely(self.live_count >= self.max_orders):
             fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_orders, self.live_count, NO_PATH)
-        elif position_index < 0 and self.n_positions >= self.max_positions:
+        elif unlikely(position_index < 0 and self.n_positions >= self.max_positions):
             fail(verdict, CHECK_STATE_CAPACITY_EXHAUSTED, self.max_positions, self.n_positions, NO_PATH)
 
         if verdict.failed:
@@ -1293,7 +1526,7 @@ cdef class Kernel:
         """The order becomes working: reservations, rate charges and memories move."""
         cdef int64_t account_id = order.account_id
         cdef int64_t strategy_id = order.strategy_id
-        cdef const AccountRule* account_rule = &view.accounts[account_id]
+        cdef const AccountRule* account_rule = account_rule_of(view, account_id)
         cdef const StrategyRule* strategy_rule = &view.strategies[strategy_id]
         cdef AccountState* account = &self.accounts[account_id]
         cdef StrategyState* strategy = &self.strategies[strategy_id]
@@ -1314,7 +1547,7 @@ cdef class Kernel:
         working.remaining = order.qty
         working.reserve_price = effective_price
         working.cross_price = cross_price(order.side, order.order_type, order.price)
-        working.multiplier = view.symbols[order.symbol_id].multiplier
+        working.multiplier = symbol_rule_of(view, order.symbol_id).multiplier
         working.reserved = notional
         working.account = <int32_t>account_id
         working.position_index = <int32_t>position_index
@@ -1340,20 +1573,23 @@ cdef class Kernel:
             pos.recent_count += 1
 
         account.working_count += 1
-        account.working_notional = saturate(<pt_i128>account.working_notional + notional)
-        if rate_applies(account_rule.rate_orders):
+        if unlikely(add_overflows(account.working_notional, notional, &account.working_notional)):
+            account.working_notional = INT64_MAX  # (both >= 0: only upwards)
+        # the order passed its buckets: level >= window, so a fast bucket's rest fits
+        if account_rule.rate_mode != RATE_MODE_NONE:
             account.rate_tokens = saturate(account_level - account_rule.rate_window_ns)
             account.rate_last_ns = order.now_ns
-        if strategy_id != 0 and rate_applies(strategy_rule.rate_orders):
+        if strategy_rule.rate_mode != RATE_MODE_NONE:
             strategy.rate_tokens = saturate(strategy_level - strategy_rule.rate_window_ns)
             strategy.rate_last_ns = order.now_ns
-        self.remember(order.client_order_key, order.key_hash)
+        self.remember(order.key_hash)
         return (<int64_t>working.generation) << HANDLE_SLOT_BITS | slot
 
     # -- prefetching for check_batch ----------------------------------------------------
     cdef void prefetch_order(self, RuleView view, const OrderTicket* order) noexcept nogil:
         """Start loading what an order ahead will read: its rule and state records, its
-        client order id's and its pair's hash slots. Only a hint: ids are bounds-checked so
+        client order id's and its pair's hash slots (not the override index: only the few
+        accounts with overrides read it). Only a hint: ids are bounds-checked so
         that no address is formed outside the blocks, nothing is read."""
         cdef int64_t account_id = order.account_id
         cdef int64_t symbol_id = order.symbol_id
@@ -1362,13 +1598,12 @@ cdef class Kernel:
         cdef bint symbol_known = 0 <= symbol_id < view.n_symbols
         PT_PREFETCH(&self.remembered_set[order.key_hash & self.remembered_set_mask])
         if account_known:
-            record = <const char*>&view.accounts[account_id]
+            record = <const char*>account_rule_of(view, account_id)
             PT_PREFETCH(record)
             PT_PREFETCH(record + CACHE_LINE)
             PT_PREFETCH(&self.accounts[account_id])
-            PT_PREFETCH(&view.override_first[account_id])
         if symbol_known:
-            record = <const char*>&view.symbols[symbol_id]
+            record = <const char*>symbol_rule_of(view, symbol_id)
             PT_PREFETCH(record)
             PT_PREFETCH(record + CACHE_LINE)
             PT_PREFETCH(&self.symbols[symbol_id])
@@ -1423,16 +1658,21 @@ cdef class Kernel:
         return index
 
     # -- client order ids ---------------------------------------------------------------
-    cdef bint remembers(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil:
+    cdef bint remembers(self, uint64_t key_hash) noexcept nogil:
         cdef uint64_t mask = self.remembered_set_mask
         cdef uint64_t probe = key_hash & mask
-        while self.remembered_set[probe].used:
-            if self.remembered_set[probe].key == client_order_key:
+        cdef uint64_t entry
+        if unlikely(key_hash == 0):
+            return self.remembers_zero
+        while True:
+            entry = self.remembered_set[probe]
+            if entry == key_hash:
                 return True
+            if entry == 0:
+                return False
             probe = (probe + 1) & mask
-        return False
 
-    cdef void remember(self, int64_t client_order_key, uint64_t key_hash) noexcept nogil:
+    cdef void remember(self, uint64_t key_hash) noexcept nogil:
         """Remember an accepted key (never already remembered), forgetting the oldest one
         when the memory is full."""
         cdef Py_ssize_t memory = self.client_order_id_memory
@@ -1448,37 +1688,42 @@ cdef class Kernel:
         newest = self.remembered_oldest + self.remembered_count
         if newest >= memory:
             newest -= memory
-        self.remembered_ring[newest] = client_order_key
+        self.remembered_ring[newest] = key_hash
         self.remembered_count += 1
+        if unlikely(key_hash == 0):
+            self.remembers_zero = True
+            return
         probe = key_hash & mask
-        while self.remembered_set[probe].used:
+        while self.remembered_set[probe]:
             probe = (probe + 1) & mask
-        self.remembered_set[probe].key = client_order_key
-        self.remembered_set[probe].used = 1
+        self.remembered_set[probe] = key_hash
 
-    cdef void forget(self, int64_t client_order_key) noexcept nogil:
+    cdef void forget(self, uint64_t key_hash) noexcept nogil:
         """Remove a key with backward-shift deletion: later entries of its probe run move
         back into the hole, so lookups stay exact without tombstones."""
         cdef uint64_t mask = self.remembered_set_mask
-        cdef RememberedKey* table = self.remembered_set
-        cdef uint64_t hole = mix64(<uint64_t>client_order_key) & mask
+        cdef uint64_t* table = self.remembered_set
+        cdef uint64_t hole = key_hash & mask
         cdef uint64_t probe
         cdef uint64_t home
-        while table[hole].key != client_order_key:
-            if not table[hole].used:
+        if key_hash == 0:
+            self.remembers_zero = False
+            return
+        while table[hole] != key_hash:
+            if not table[hole]:
                 return
             hole = (hole + 1) & mask
         probe = hole
         while True:
             probe = (probe + 1) & mask
-            if not table[probe].used:
+            if not table[probe]:
                 break
-            home = mix64(<uint64_t>table[probe].key) & mask
+            home = table[probe] & mask
             # the entry may fill the hole unless its home lies in the run after the hole
             if ((probe - home) & mask) >= ((probe - hole) & mask):
                 table[hole] = table[probe]
                 hole = probe
-        table[hole].used = 0
+        table[hole] = 0
 
     # -- executions ---------------------------------------------------------------------
     cdef OrderSlot* working_slot(self, int64_t handle) noexcept nogil:

@@ -411,3 +411,125 @@ def test_handles_out_of_range_are_unknown_orders():
     twins = Twins(compile_rules(INLINE, "smoke.toml"), max_orders=4)
     for handle in (-1, 1 << 40, (1 << 63) - 1, 1 << 70, -(1 << 70)):
         assert twins.call("release", handle) == ExecStatus.UNKNOWN_ORDER
+
+
+def _mix64(value: int) -> int:
+    """The kernel's hash of a client order key (splitmix64's finalizer)."""
+    mask = (1 << 64) - 1
+    value &= mask
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & mask
+    return value ^ (value >> 31)
+
+
+def test_client_order_key_memory_with_zero_extremes_and_collisions():
+    """The remembered set (8-byte hashes, key 0 kept apart, backward-shift deletion) forgets
+    and remembers exactly as the reference's count window, through keys that share a home
+    slot and wrap around the table."""
+    twins = Twins(compile_rules(INLINE, "smoke.toml"), max_orders=8, max_positions=4, client_order_id_memory=3)
+    ids = twins.rules.interner
+    aaa = ids.symbol_ids["AAA"]
+    twins.call("set_reference_price", aaa, px(100), T0)
+    mask = 7  # the set of a memory of 3 has 8 slots
+    colliding = [k for k in range(1, 5_000) if _mix64(k) & mask == mask][:5]  # home: the last slot
+    keys = [0, 1, -1, 2**63 - 1, -(2**63), 0, *colliding, colliding[0], 0, *colliding[::-1], 1]
+    for key in keys * 2:
+        twins.now += 200 * MS  # a fresh rate bucket, no content duplicate
+        twins.call("set_reference_price", aaa, px(100), twins.now)
+        result = twins.call(
+            "check", ids.account_ids["X"], aaa, 0, Side.BUY, OrderType.LIMIT, qty(10), px(100), key, twins.now
+        )
+        if result[0]:
+            assert twins.call("release", result[2]) == ExecStatus.OK
+
+
+def test_records_are_whole_cache_lines_or_halves():
+    """The layout kernel.pxd promises: what check_batch prefetches per order is one or two
+    lines per record, never a record straddling an extra line."""
+    assert kernel.RECORD_SIZES == {
+        "AccountRule": 128,
+        "SymbolRule": 128,
+        "StrategyRule": 32,
+        "AccountState": 64,
+        "StrategyState": 32,
+        "SymbolState": 32,
+        "PositionState": 128,
+        "OrderSlot": 64,
+    }
+
+
+EXTREME = """
+[firm]
+name = "EXTREME"
+max_reference_age_ms = 9_000_000_000_000
+self_match_prevention = true
+duplicate_content_window_ms = 1
+
+[firm.limits]
+max_order_qty = "unlimited"
+max_order_notional = "unlimited"
+max_long_position = "unlimited"
+max_short_position = "unlimited"
+price_collar_pct = 100_000
+price_collar_ticks = 9_000_000_000_000
+credit_limit = "unlimited"
+max_working_orders = "unlimited"
+order_rate_limit = { orders = 9_000_000_000, window_ms = 1_000 }
+
+[symbols.NANO]
+tick_size = "0.000000001"
+lot_size = "0.000000001"
+contract_multiplier = "0.000000007"
+
+[symbols.WIDE]
+tick_size = 1
+lot_size = 1
+contract_multiplier = 1_000_000
+
+[symbols.WIDE.limits]
+price_collar_ticks = 9_000_000_000
+
+[accounts.A]
+
+[accounts.B.limits]
+credit_limit = 9_000_000_000
+max_long_position = 9_000_000_000
+max_short_position = 1
+price_collar_pct = 1
+"""
+
+
+def test_extreme_values_take_the_exact_long_ways():
+    """Values at the edges of int64 (products beyond 64 bits, clocks that overflow a
+    subtraction, bands wider than any price distance, a multiplier that does not reduce)
+    decide exactly as the reference's arbitrary-precision integers."""
+    big = (1 << 63) - 1
+    twins = Twins(compile_rules(EXTREME, "extreme.toml"), max_orders=64, max_positions=16, client_order_id_memory=64)
+    ids = twins.rules.interner
+    cid = iter(range(1, 10_000))
+
+    def check(account, symbol, side, order_type, quantity, price, now):
+        result = twins.call(
+            "check", ids.account_ids[account], ids.symbol_ids[symbol], 0, side, order_type, quantity, price, next(cid), now
+        )
+        if result[0]:
+            handles.append(result[2])
+
+    handles: list[int] = []
+    for symbol in ("NANO", "WIDE"):
+        for ref_price, ref_ts in ((big, T0), (3, T0), (big // 7, -(1 << 63)), (123_456_789_123, big)):
+            twins.call("set_reference_price", ids.symbol_ids[symbol], ref_price, ref_ts)
+            for account in ("A", "B"):
+                for now in (T0, big, -(1 << 63) + 5, T0 + 7):
+                    for quantity in (1, 999_999_999, 10**9, 123_456_789_123, big // 3, big):
+                        for price in (1, 3, 10**9 + 1, ref_price, big // 2, big):
+                            for side in (Side.BUY, Side.SELL, Side.SELL_SHORT):
+                                check(account, symbol, side, OrderType.LIMIT, quantity, price, now)
+                            check(account, symbol, Side.BUY, OrderType.MARKET, quantity, 0, now)
+                    # fills move positions and filled exposure to extremes; the rest is released
+                    for n, handle in enumerate(handles):
+                        if n % 2:
+                            twins.call("fill", handle, big // (n + 2), big // (n + 3))
+                        twins.call("release", handle)
+                    handles.clear()
+    assert next(cid) > 9_000
