@@ -93,6 +93,13 @@ class Engine:
             max_positions=max_positions,
             client_order_id_memory=client_order_id_memory,
         )
+        # The order path's lookups, bound once: the interner's dicts are the same objects for
+        # the life of the engine (reloads must use its interner and only add names).
+        interner = rules.interner
+        self._account_ids = interner.account_ids
+        self._symbol_ids = interner.symbol_ids
+        self._strategy_ids = interner.strategy_ids
+        self._kernel_check = self.kernel.check
 
     # -- rules ------------------------------------------------------------------------------
     @property
@@ -129,12 +136,11 @@ class Engine:
     ):
         """Decide one order by names. Returns the kernel's result (``.accepted``,
         ``.failed``, ``.handle``); unknown names are rejected by the kernel."""
-        interner = self._rules.interner
-        account_id = interner.account_ids.get(account, -1)
-        return self.kernel.check(
+        account_id = self._account_ids.get(account, -1)
+        return self._kernel_check(
             account_id,
-            interner.symbol_ids.get(symbol, -1),
-            interner.strategy_ids.get(strategy, -1),
+            self._symbol_ids.get(symbol, -1),
+            self._strategy_ids.get(strategy, -1),
             side,
             order_type,
             qty_nanos,
