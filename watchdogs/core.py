@@ -233,24 +233,31 @@ class Watchdog:
     def _judge(
         self, target: Target, breached: bool, event_ns: int, observed: float, limit: float, message: str
     ) -> list[Finding]:
-        """Feed one observation to the policy; the finding when it completes a breach."""
+        """Feed one observation to the policy, keyed by its target; the finding when it
+        completes a breach."""
         acted = self.policy.observe(target, breached, event_ns)
         if acted is None:
             return []
+        return [self._finding(target, acted, event_ns, float(observed), float(limit), message)]
+
+    def _finding(
+        self, target: Target, acted: tuple[int, int], event_ns: int, observed: float, limit: float, message: str
+    ) -> Finding:
+        """The finding for a breach the policy acted on; ``acted`` is what
+        :meth:`BreachPolicy.observe` returned. Separate from :meth:`_judge` for the watchdogs
+        whose policy key is not the finding's target."""
         consecutive, started_ns = acted
-        return [
-            Finding(
-                watchdog=self.kind,
-                target=target,
-                action=self.common.action,
-                observed=float(observed),
-                limit=float(limit),
-                message=message,
-                event_ns=event_ns,
-                breach_started_ns=started_ns,
-                consecutive=consecutive,
-            )
-        ]
+        return Finding(
+            watchdog=self.kind,
+            target=target,
+            action=self.common.action,
+            observed=observed,
+            limit=limit,
+            message=message,
+            event_ns=event_ns,
+            breach_started_ns=started_ns,
+            consecutive=consecutive,
+        )
 
 
 @dataclass
@@ -282,3 +289,51 @@ class EventTimeWindow:
 
     def values(self) -> list[float]:
         return [value for _, value in self._items[self._head :]]
+
+
+class PerTargetWindows:
+    """One :class:`EventTimeWindow` per target, made on the target's first value.
+
+    The window's length is fixed when it is made: a target's parameters (``params_for``)
+    do not change while a watchdog runs, so the caller passes the target's own length.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[Target, EventTimeWindow] = {}
+
+    def get(self, target: Target, window_s: float) -> EventTimeWindow:
+        window = self._windows.get(target)
+        if window is None:
+            window = self._windows[target] = EventTimeWindow(window_s)
+        return window
+
+
+class WindowedWatchdog(Watchdog):
+    """Base of the watchdogs that judge a sum or count over a sliding window of event time,
+    one window per target, after every value added to it.
+
+    Subclasses decide which target an event feeds and what it adds, call
+    :meth:`_add_to_window`, and say what breaches in :meth:`judge_window`. Their ``Params``
+    have ``window_s``, which may differ per target (``[watchdogs.<kind>.accounts.<name>]``).
+    A watchdog whose events come through another base lists that base first, e.g.
+    ``class StrategyWatchdog(_MetricWatchdog, WindowedWatchdog)``: the first turns events
+    into a target and a value, this one keeps the windows.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._windows = PerTargetWindows()
+
+    def _add_to_window(self, target: Target, time_ns: int, value: float = 1.0) -> list[Finding]:
+        """Add ``value`` at ``time_ns`` to the target's window, then judge the window."""
+        params = self.params_for(target)
+        window = self._windows.get(target, params.window_s)
+        window.add(time_ns, value)
+        return self.judge_window(target, params, window, time_ns)
+
+    def judge_window(
+        self, target: Target, params: Any, window: EventTimeWindow, time_ns: int
+    ) -> list[Finding]:  # pragma: no cover - interface
+        """The findings of the target's window just after a value was added (``params`` are
+        the target's own); usually one :meth:`_judge` call."""
+        raise NotImplementedError

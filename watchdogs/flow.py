@@ -18,11 +18,11 @@ from watchdogs.core import (
     Action,
     Event,
     EventKind,
-    EventTimeWindow,
     Finding,
     ScopeKind,
     Target,
     Watchdog,
+    WindowedWatchdog,
 )
 
 NANOS_PER_UNIT = 1_000_000_000
@@ -100,23 +100,62 @@ def _bound(table: OrderedDict, max_entries: int) -> None:
         table.popitem(last=False)
 
 
-class _PerTargetWindows:
-    def __init__(self) -> None:
-        self._windows: dict[Target, EventTimeWindow] = {}
+class _DecisionWindowWatchdog(WindowedWatchdog):
+    """Base of the watchdogs that judge a sliding window of decisions per order target: the
+    order's account, strategy or symbol, as the watchdog's ``scope`` says (or the firm).
 
-    def get(self, target: Target, window_s: float) -> EventTimeWindow:
-        window = self._windows.get(target)
-        if window is None:
-            window = self._windows[target] = EventTimeWindow(window_s)
-        return window
+    A replayed decision repeats one already watched, so it adds nothing; neither does an
+    order without a name at the scope. Subclasses say what a decision adds in
+    :meth:`window_value` and what breaches in :meth:`judge_window`.
+    """
+
+    inputs = frozenset({EventKind.DECISION})
+
+    def observe(self, event: Event) -> list[Finding]:
+        decision = event.payload
+        if decision.replayed:
+            return []
+        value = self.window_value(decision)
+        if value is None:
+            return []
+        target = order_target(decision.order, self.scope)
+        if target is None:
+            return []
+        return self._add_to_window(target, event.time_ns, value)
+
+    def window_value(self, decision: types_pb2.Decision) -> float | None:
+        """What the decision adds to its target's window (None: it does not count). Each
+        decision counts one unless a subclass says otherwise."""
+        return 1.0
 
 
-class OrderRateWatchdog(Watchdog):
+class _FillWatchdog(Watchdog):
+    """Base of the watchdogs fed by applied fills, each joined to its accepted order
+    (:class:`ExecutionJoin`): an execution alone names neither symbol, side nor strategy.
+    Subclasses judge each joined fill in :meth:`observe_fill`.
+    """
+
+    inputs = frozenset({EventKind.DECISION, EventKind.EXECUTION})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fills = ExecutionJoin()
+
+    def observe(self, event: Event) -> list[Finding]:
+        findings: list[Finding] = []
+        for order, fill in self._fills.join(event):
+            findings += self.observe_fill(order, fill)
+        return findings
+
+    def observe_fill(self, order: types_pb2.Order, fill: Event) -> list[Finding]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class OrderRateWatchdog(_DecisionWindowWatchdog):
     """Orders per strategy (or account) in a sliding window: a runaway algo (Knight Capital,
     2012, sent millions of orders in 45 minutes) shows up here first."""
 
     kind = "order_rate"
-    inputs = frozenset({EventKind.DECISION})
     default_action = Action.HALT
     default_scope = ScopeKind.STRATEGY
 
@@ -125,33 +164,19 @@ class OrderRateWatchdog(Watchdog):
         window_s: float = 1.0
         max_orders: int = 100
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._windows = _PerTargetWindows()
-
-    def observe(self, event: Event) -> list[Finding]:
-        decision = event.payload
-        if decision.replayed:
-            return []
-        target = order_target(decision.order, self.scope)
-        if target is None:
-            return []
-        params = self.params_for(target)
-        window = self._windows.get(target, params.window_s)
-        window.add(event.time_ns)
+    def judge_window(self, target, params, window, time_ns):
         count = len(window)
         return self._judge(
-            target, count > params.max_orders, event.time_ns, count, params.max_orders,
+            target, count > params.max_orders, time_ns, count, params.max_orders,
             f"{count} orders in {params.window_s:g} s on {target.label()} (limit {params.max_orders})",
         )
 
 
-class RejectRateWatchdog(Watchdog):
+class RejectRateWatchdog(_DecisionWindowWatchdog):
     """Share of rejected orders in a sliding window: an algo hammering a limit, or a broken
     order generator."""
 
     kind = "reject_rate"
-    inputs = frozenset({EventKind.DECISION})
     default_action = Action.THROTTLE
     default_scope = ScopeKind.ACCOUNT
 
@@ -162,29 +187,20 @@ class RejectRateWatchdog(Watchdog):
         #: Fewer decisions than this in the window never breach (one reject is not a spike).
         min_decisions: int = 20
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._windows = _PerTargetWindows()
+    def window_value(self, decision):
+        # every decision counts, a reject as 1: the window's total over its length is the ratio
+        return 1.0 if decision.verdict == types_pb2.VERDICT_REJECT else 0.0
 
-    def observe(self, event: Event) -> list[Finding]:
-        decision = event.payload
-        if decision.replayed:
-            return []
-        target = order_target(decision.order, self.scope)
-        if target is None:
-            return []
-        params = self.params_for(target)
-        window = self._windows.get(target, params.window_s)
-        window.add(event.time_ns, 1.0 if decision.verdict == types_pb2.VERDICT_REJECT else 0.0)
+    def judge_window(self, target, params, window, time_ns):
         ratio = window.total / len(window)
         breached = len(window) >= params.min_decisions and ratio > params.max_reject_ratio
         return self._judge(
-            target, breached, event.time_ns, ratio, params.max_reject_ratio,
+            target, breached, time_ns, ratio, params.max_reject_ratio,
             f"{ratio:.0%} of {len(window)} orders rejected in {params.window_s:g} s on {target.label()}",
         )
 
 
-class NotionalVelocityWatchdog(Watchdog):
+class NotionalVelocityWatchdog(_DecisionWindowWatchdog):
     """Accepted notional per account in a sliding window: a fat-finger burst moves more money
     in seconds than the desk does in an hour."""
 
@@ -200,34 +216,32 @@ class NotionalVelocityWatchdog(Watchdog):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._windows = _PerTargetWindows()
+        # a market order has no price of its own: its notional is at the reference price
         self._reference_nanos: dict[str, int] = {}
 
     def observe(self, event: Event) -> list[Finding]:
         if event.kind is EventKind.REFERENCE_PRICE:
             self._reference_nanos[event.payload.symbol] = event.payload.price_nanos
             return []
-        decision = event.payload
-        if decision.replayed or decision.verdict != types_pb2.VERDICT_ACCEPT:
-            return []
-        target = order_target(decision.order, self.scope)
-        if target is None:
-            return []
-        params = self.params_for(target)
-        window = self._windows.get(target, params.window_s)
+        return super().observe(event)
+
+    def window_value(self, decision):
+        if decision.verdict != types_pb2.VERDICT_ACCEPT:
+            return None  # a rejected order moves no money
         reference_nanos = self._reference_nanos.get(decision.order.symbol, 0)
-        window.add(event.time_ns, order_notional(decision.order, reference_nanos))
+        return order_notional(decision.order, reference_nanos)
+
+    def judge_window(self, target, params, window, time_ns):
         return self._judge(
-            target, window.total > params.max_notional, event.time_ns, window.total, params.max_notional,
+            target, window.total > params.max_notional, time_ns, window.total, params.max_notional,
             f"{window.total:,.0f} accepted notional in {params.window_s:g} s on {target.label()}",
         )
 
 
-class ConcentrationWatchdog(Watchdog):
+class ConcentrationWatchdog(_FillWatchdog):
     """Share of an account's gross filled exposure in its largest symbol."""
 
     kind = "concentration"
-    inputs = frozenset({EventKind.DECISION, EventKind.EXECUTION})
     default_action = Action.WARN
     default_scope = ScopeKind.ACCOUNT
 
@@ -239,18 +253,11 @@ class ConcentrationWatchdog(Watchdog):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._fills = ExecutionJoin()
         self._positions: dict[str, dict[str, float]] = {}
         self._prices: dict[str, float] = {}
 
-    def observe(self, event: Event) -> list[Finding]:
-        findings: list[Finding] = []
-        for order, fill in self._fills.join(event):
-            findings += self._observe_fill(order, fill)
-        return findings
-
-    def _observe_fill(self, order: types_pb2.Order, event: Event) -> list[Finding]:
-        execution = event.payload.execution
+    def observe_fill(self, order: types_pb2.Order, fill: Event) -> list[Finding]:
+        execution = fill.payload.execution
         quantity = execution.last_quantity_nanos / NANOS_PER_UNIT
         positions = self._positions.setdefault(order.account, {})
         positions[order.symbol] = positions.get(order.symbol, 0.0) + (
@@ -267,17 +274,16 @@ class ConcentrationWatchdog(Watchdog):
         params = self.params_for(target)
         breached = gross >= params.min_gross_notional and share > params.max_share
         return self._judge(
-            target, breached, event.time_ns, share, params.max_share,
+            target, breached, fill.time_ns, share, params.max_share,
             f"{share:.0%} of {gross:,.0f} gross exposure of {target.label()} in {top_symbol}",
         )
 
 
-class RepeatedExecutionsWatchdog(Watchdog):
+class RepeatedExecutionsWatchdog(_FillWatchdog, WindowedWatchdog):
     """Executions per strategy in a window (MiFID II RTS 6 Art. 15(3)): after N repeated
     automated executions the strategy is halted until a person resumes it."""
 
     kind = "repeated_executions"
-    inputs = frozenset({EventKind.DECISION, EventKind.EXECUTION})
     default_action = Action.HALT
     default_scope = ScopeKind.STRATEGY
 
@@ -286,27 +292,16 @@ class RepeatedExecutionsWatchdog(Watchdog):
         window_s: float = 60.0
         max_executions: int = 100
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._fills = ExecutionJoin()
-        self._windows = _PerTargetWindows()
-
-    def observe(self, event: Event) -> list[Finding]:
-        findings: list[Finding] = []
-        for order, fill in self._fills.join(event):
-            findings += self._observe_fill(order, fill)
-        return findings
-
-    def _observe_fill(self, order: types_pb2.Order, event: Event) -> list[Finding]:
+    def observe_fill(self, order: types_pb2.Order, fill: Event) -> list[Finding]:
         target = order_target(order, self.scope)
         if target is None:
             return []
-        params = self.params_for(target)
-        window = self._windows.get(target, params.window_s)
-        window.add(event.time_ns)
+        return self._add_to_window(target, fill.time_ns)
+
+    def judge_window(self, target, params, window, time_ns):
         count = len(window)
         return self._judge(
-            target, count > params.max_executions, event.time_ns, count, params.max_executions,
+            target, count > params.max_executions, time_ns, count, params.max_executions,
             f"{count} executions in {params.window_s:g} s on {target.label()} "
             f"(limit {params.max_executions})",
         )

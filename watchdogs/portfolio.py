@@ -12,6 +12,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pretrade.v1 import watchdogs_pb2
 from watchdogs.core import (
@@ -20,11 +21,12 @@ from watchdogs.core import (
     Action,
     Event,
     EventKind,
-    EventTimeWindow,
     Finding,
+    PerTargetWindows,
     ScopeKind,
     Target,
     Watchdog,
+    WindowedWatchdog,
 )
 
 METRIC_NAV = "nav"
@@ -86,53 +88,18 @@ class _MetricWatchdog(Watchdog):
         raise NotImplementedError
 
 
-class PredictiveHealthWatchdog(_MetricWatchdog):
-    """NAV outside the envelope the user's model predicts (expected NAV +- k sigma)."""
+class _BaselineZScoreWatchdog(_MetricWatchdog):
+    """Base of the watchdogs that judge a live metric by its z-score against a baseline the
+    user's systems publish per target as two more metrics: its mean and its sigma.
 
-    kind = "predictive_health"
-    metrics = frozenset({METRIC_NAV, METRIC_NAV_EXPECTED, METRIC_NAV_EXPECTED_SIGMA})
-    default_action = Action.WARN
+    The latest mean and sigma of each target are kept; a live value is judged only once both
+    have arrived and sigma is positive (no z otherwise). Subclasses name the two baseline
+    metrics (``metrics`` lists them with the live one) and say what breaches in
+    :meth:`judge_z`.
+    """
 
-    @dataclass(frozen=True)
-    class Params:
-        k_sigma: float = 3.0
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._expected: dict[Target, float] = {}
-        self._sigma: dict[Target, float] = {}
-
-    def observe_metric(self, target, metric, time_ns):
-        if metric.metric == METRIC_NAV_EXPECTED:
-            self._expected[target] = metric.value
-            return []
-        if metric.metric == METRIC_NAV_EXPECTED_SIGMA:
-            self._sigma[target] = metric.value
-            return []
-        expected, sigma = self._expected.get(target), self._sigma.get(target)
-        if expected is None or not sigma or sigma <= 0:
-            return []
-        k = self.params_for(target).k_sigma
-        z = (metric.value - expected) / sigma
-        return self._judge(
-            target, abs(z) > k, time_ns, z, k,
-            f"NAV of {target.label()} {metric.value:,.0f} is {z:+.1f} sigma "
-            f"from the expected {expected:,.0f}",
-        )
-
-
-class DriftMonitorWatchdog(_MetricWatchdog):
-    """Live information coefficient vs the backtest's: z = (IC_live - mean) / sigma below
-    -z_limit means the signal stopped working (halve its allocation)."""
-
-    kind = "drift_monitor"
-    metrics = frozenset({METRIC_IC_LIVE, METRIC_IC_BACKTEST_MEAN, METRIC_IC_BACKTEST_SIGMA})
-    default_action = Action.THROTTLE
-    default_scope = ScopeKind.STRATEGY
-
-    @dataclass(frozen=True)
-    class Params:
-        z_limit: float = 2.0
+    mean_metric: ClassVar[str]
+    sigma_metric: ClassVar[str]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -140,20 +107,66 @@ class DriftMonitorWatchdog(_MetricWatchdog):
         self._sigma: dict[Target, float] = {}
 
     def observe_metric(self, target, metric, time_ns):
-        if metric.metric == METRIC_IC_BACKTEST_MEAN:
+        if metric.metric == self.mean_metric:
             self._mean[target] = metric.value
             return []
-        if metric.metric == METRIC_IC_BACKTEST_SIGMA:
+        if metric.metric == self.sigma_metric:
             self._sigma[target] = metric.value
             return []
         mean, sigma = self._mean.get(target), self._sigma.get(target)
         if mean is None or not sigma or sigma <= 0:
             return []
+        return self.judge_z(target, metric.value, mean, (metric.value - mean) / sigma, time_ns)
+
+    def judge_z(
+        self, target: Target, value: float, mean: float, z: float, time_ns: int
+    ) -> list[Finding]:  # pragma: no cover - interface
+        """The findings of one live ``value`` of the target, ``z`` sigma from its ``mean``."""
+        raise NotImplementedError
+
+
+class PredictiveHealthWatchdog(_BaselineZScoreWatchdog):
+    """NAV outside the envelope the user's model predicts (expected NAV +- k sigma)."""
+
+    kind = "predictive_health"
+    metrics = frozenset({METRIC_NAV, METRIC_NAV_EXPECTED, METRIC_NAV_EXPECTED_SIGMA})
+    mean_metric = METRIC_NAV_EXPECTED
+    sigma_metric = METRIC_NAV_EXPECTED_SIGMA
+    default_action = Action.WARN
+
+    @dataclass(frozen=True)
+    class Params:
+        k_sigma: float = 3.0
+
+    def judge_z(self, target, value, mean, z, time_ns):
+        k = self.params_for(target).k_sigma
+        return self._judge(
+            target, abs(z) > k, time_ns, z, k,
+            f"NAV of {target.label()} {value:,.0f} is {z:+.1f} sigma "
+            f"from the expected {mean:,.0f}",
+        )
+
+
+class DriftMonitorWatchdog(_BaselineZScoreWatchdog):
+    """Live information coefficient vs the backtest's: z = (IC_live - mean) / sigma below
+    -z_limit means the signal stopped working (halve its allocation)."""
+
+    kind = "drift_monitor"
+    metrics = frozenset({METRIC_IC_LIVE, METRIC_IC_BACKTEST_MEAN, METRIC_IC_BACKTEST_SIGMA})
+    mean_metric = METRIC_IC_BACKTEST_MEAN
+    sigma_metric = METRIC_IC_BACKTEST_SIGMA
+    default_action = Action.THROTTLE
+    default_scope = ScopeKind.STRATEGY
+
+    @dataclass(frozen=True)
+    class Params:
+        z_limit: float = 2.0
+
+    def judge_z(self, target, value, mean, z, time_ns):
         limit = self.params_for(target).z_limit
-        z = (metric.value - mean) / sigma
         return self._judge(
             target, z < -limit, time_ns, z, -limit,
-            f"live IC of {target.label()} {metric.value:.3f} is {z:+.1f} sigma from its backtest {mean:.3f}",
+            f"live IC of {target.label()} {value:.3f} is {z:+.1f} sigma from its backtest {mean:.3f}",
         )
 
 
@@ -236,15 +249,14 @@ class NewsSpikeWatchdog(Watchdog):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._history: dict[str, EventTimeWindow] = {}
+        # per topic (as a SYMBOL target), the counts of the baseline period
+        self._history = PerTargetWindows()
 
     def observe(self, event: Event) -> list[Finding]:
         news = event.payload
         target = Target(ScopeKind.SYMBOL, news.topic)
         params = self.params_for(target)
-        history = self._history.get(news.topic)
-        if history is None:
-            history = self._history[news.topic] = EventTimeWindow(params.baseline_days * 86_400)
+        history = self._history.get(target, params.baseline_days * 86_400)
         history.expire(event.time_ns)
         past = history.values()
         breached, findings = False, []
@@ -330,7 +342,7 @@ class DbWatchdog(_MetricWatchdog):
         )
 
 
-class StrategyWatchdog(_MetricWatchdog):
+class StrategyWatchdog(_MetricWatchdog, WindowedWatchdog):
     """Rolling P/L (sum of ``pnl`` over ``window_s``) outside the strategy's expected band."""
 
     kind = "strategy_watchdog"
@@ -344,14 +356,10 @@ class StrategyWatchdog(_MetricWatchdog):
         min_pnl: float = -100_000.0
         max_pnl: float = math.inf
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._windows: dict[Target, EventTimeWindow] = {}
-
     def observe_metric(self, target, metric, time_ns):
-        params = self.params_for(target)
-        window = self._windows.setdefault(target, EventTimeWindow(params.window_s))
-        window.add(time_ns, metric.value)
+        return self._add_to_window(target, time_ns, metric.value)
+
+    def judge_window(self, target, params, window, time_ns):
         rolling = window.total
         breached = not (params.min_pnl <= rolling <= params.max_pnl)
         limit = params.min_pnl if rolling < params.min_pnl else params.max_pnl
@@ -411,13 +419,11 @@ class DependencyWatchdog(Watchdog):
         acted = self.policy.observe(health.service, red, event.time_ns)
         if acted is None:
             return []
-        consecutive, started_ns = acted
+        consecutive = acted[0]
         return [
-            Finding(
-                watchdog=self.kind, target=target, action=self.common.action, observed=consecutive,
-                limit=self.common.consecutive,
-                message=f"service {health.service} red for {consecutive} polls: {health.detail}",
-                event_ns=event.time_ns, breach_started_ns=started_ns, consecutive=consecutive,
+            self._finding(
+                target, acted, event.time_ns, consecutive, self.common.consecutive,
+                f"service {health.service} red for {consecutive} polls: {health.detail}",
             )
         ]
 
