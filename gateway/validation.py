@@ -191,10 +191,13 @@ class RequestValidator:
 
     def check_order_violations(self, request: gateway_pb2.CheckOrderRequest) -> list[FieldViolation]:
         out: list[FieldViolation] = []
+        order = request.order  # an absent order reads as an empty one, which is not well formed
+        if self.order_is_well_formed(order):
+            return out
         if not request.HasField("order"):
             out.append(FieldViolation("order", "required"))
         else:
-            self.order_violations(request.order, "order.", out)
+            self.explain_order_violations(order, "order.", out)
         return out
 
     def order_batch_violations(self, orders) -> list[FieldViolation]:
