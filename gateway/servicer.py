@@ -274,6 +274,7 @@ class OrderGate:
         engine = self.engine
         handle = -1
         try:
+            decided_ns = self._clock()  # the kernel's "now": rates, staleness and the record agree
             result = engine.check(
                 order.account,
                 order.symbol,
@@ -283,9 +284,8 @@ class OrderGate:
                 order.quantity_nanos,
                 order.price_nanos,
                 order.client_order_id,
-                self._clock(),
+                decided_ns,
             )
-            decided_ns = self._clock()
             if result.accepted:
                 handle = result.handle
                 payload = encode_decision(
