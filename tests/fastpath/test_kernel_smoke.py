@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fastpath import codes, kernel
-from fastpath.codes import N_CHECKS, ExecStatus, OrderType, Scope, Side, TradingState
+from fastpath.codes import N_CHECKS, Check, ExecStatus, OrderType, Scope, Side, TradingState
 from fastpath.kernel import Kernel
 from fastpath.reference import CONTENT_MEMORY_PER_POSITION, ReferenceKernel
 from fastpath.rules import compile_rules, load_rules
@@ -533,3 +533,83 @@ def test_extreme_values_take_the_exact_long_ways():
                         twins.call("release", handle)
                     handles.clear()
     assert next(cid) > 9_000
+
+
+
+WIDE_BUCKETS = """
+[firm]
+name = "WIDEBUCKETS"
+max_reference_age_ms = 9_000_000_000_000
+
+[firm.limits]
+max_order_qty = "unlimited"
+max_order_notional = "unlimited"
+max_long_position = "unlimited"
+max_short_position = "unlimited"
+price_collar_pct = "unlimited"
+credit_limit = "unlimited"
+max_working_orders = "unlimited"
+order_rate_limit = { orders = 2, window_ms = 5_000 }
+
+[firm.strategy_limits]
+order_rate_limit = { orders = 3, window_ms = 4_000 }
+
+[symbols.S]
+tick_size = 1
+lot_size = 1
+
+[accounts.A]
+
+[accounts.B.limits]
+order_rate_limit = { orders = 9_000_000, window_ms = 1_000 }
+
+[strategies.T]
+"""
+
+
+def _widened_rate_windows(rules, windows_ns: dict[int, int]):
+    """The rules with rate windows replaced (old window ns -> new) in both the model and
+    the tables: capacities beyond int64, which the rules compiler refuses but the kernel
+    must still evaluate exactly (in 128 bits) when handed such tables."""
+    seen = [rules.firm, *rules.accounts.values(), *rules.strategies.values()]
+    for owner in seen:
+        for name in ("order_rate_limit", "strategy_order_rate_limit"):
+            rate = getattr(owner, name, None)
+            if rate is not None and rate.window_ns in windows_ns:
+                object.__setattr__(rate, "window_ns", windows_ns[rate.window_ns])
+    for name in ("account_rate_window_ns", "strategy_rate_window_ns"):
+        column = np.array(getattr(rules.tables, name))
+        for old, new in windows_ns.items():
+            column[column == old] = new
+        object.__setattr__(rules.tables, name, column)
+    return rules
+
+
+def test_order_rate_buckets_beyond_int64_charge_and_refill_exactly():
+    """Rate buckets whose capacity (orders x window) exceeds int64 take the 128-bit way
+    on check and on accept: charges, rejects with their retry-after and refills match the
+    reference at clocks from far past to far future."""
+    big = (1 << 63) - 1
+    rules = _widened_rate_windows(
+        compile_rules(WIDE_BUCKETS, "wide-buckets.toml"),
+        # capacities 2 x 5e18, 3 x 4e18 and 9e6 x 1e18 token-ns
+        {5_000 * 10**6: 5 * 10**18, 4_000 * 10**6: 4 * 10**18, 1_000 * 10**6: 10**18},
+    )
+    twins = Twins(rules, max_orders=256, max_positions=8, client_order_id_memory=256)
+    ids = rules.interner
+    twins.call("set_reference_price", ids.symbol_ids["S"], 100 * 10**9, T0)
+    cid = iter(range(1, 10_000))
+    accepted = rejected_by_rate = 0
+    clocks = (T0, T0, T0, T0 + 10**18, T0 + 2 * 10**18, T0 + 2 * 10**18, T0 + 7 * 10**18, big, big,
+              -(1 << 63) + 5, T0, T0 + 3 * 10**18)
+    for now in clocks:
+        for account in ("A", "B"):
+            for strategy in ("", "T"):
+                result = twins.call(
+                    "check", ids.account_ids[account], ids.symbol_ids["S"], ids.strategy_ids[strategy],
+                    Side.BUY, OrderType.LIMIT, 10**9, 100 * 10**9, next(cid), now,
+                )
+                accepted += result[0]
+                rejected_by_rate += bool(result[1] >> Check.ACCOUNT_ORDER_RATE_EXCEEDED & 1)
+                rejected_by_rate += bool(result[1] >> Check.STRATEGY_ORDER_RATE_EXCEEDED & 1)
+    assert accepted and rejected_by_rate
