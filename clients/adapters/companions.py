@@ -6,7 +6,8 @@ A companion talks to *this* gateway: the ``target`` of its file is replaced by t
 gateway's own address. Its token is, first found: ``--token``; the file's (``token`` or
 the variable named by ``token_env``, default ``$PRETRADE_TOKEN``); the demo ``trader``
 token when ``up`` made demo tokens. The FIX order book is ``fix.state_file``, else
-``<data dir>/fix/orders.sqlite``.
+``<data dir>/fix/orders.sqlite``; the MT5 bridge's execution reports are ``bridge.state_file``,
+else ``<data dir>/mt5/reports.sqlite``.
 
 The configuration files are read (and checked) before the gateway starts, so that a bad
 file is a one-line error and nothing runs.
@@ -57,12 +58,13 @@ def fix_companion(config_path: str, *, data_dir: str | Path | None, token: str |
     return make
 
 
-def mt5_companion(config_path: str, *, token: str | None, default_token: str | None) -> CompanionFactory:
+def mt5_companion(config_path: str, *, token: str | None, default_token: str | None,
+                  data_dir: str | Path | None = None) -> CompanionFactory:
     from clients.adapters.mt5.bridge import Mt5Bridge
     from clients.adapters.mt5.config import ConfigError, load_config
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, data_dir)
     except ConfigError as exc:
         raise AdapterConfigError(f"--mt5-config: {exc}") from None
     token = token or config.token or default_token
@@ -84,5 +86,5 @@ def adapter_companions(*, fix_config: str | None, mt5_config: str | None, data_d
     if fix_config:
         makers.append(fix_companion(fix_config, data_dir=data_dir, token=token, default_token=default_token))
     if mt5_config:
-        makers.append(mt5_companion(mt5_config, token=token, default_token=default_token))
+        makers.append(mt5_companion(mt5_config, token=token, default_token=default_token, data_dir=data_dir))
     return makers

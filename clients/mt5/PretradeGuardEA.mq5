@@ -24,6 +24,7 @@ string NewClientOrderId()
 int OnInit()
   {
    g_bridge.Init(InpBridgeHost,InpBridgePort,InpTimeoutMs,InpAccount,InpStrategy);
+   EventSetTimer(1);   // OnTimer re-sends execution reports the bridge did not take
    if(InpDemoOrder)
      {
       MqlTradeRequest request={};
@@ -38,6 +39,22 @@ int OnInit()
          PrintFormat("demo order not sent: retcode %u %s",result.retcode,result.comment);
      }
    return(INIT_SUCCEEDED);
+  }
+
+void OnDeinit(const int reason)
+  {
+   EventKillTimer();
+   if(g_bridge.PendingReports()>0)
+      PrintFormat("pretrade: %d execution report(s) NOT handed to the bridge (the EA stops): report them again",
+                  g_bridge.PendingReports());
+  }
+
+// Reports the bridge did not take (no reply: the bridge is down or slow; an error such as
+// GATEWAY_UNAVAILABLE or INTERNAL) are sent again, in order, with a backoff; an
+// "execution_result" reply (also "queued": the bridge keeps it and delivers it) ends them.
+void OnTimer()
+  {
+   g_bridge.RetryReports();
   }
 
 // Every deal of a checked order goes back to the gateway (fills update exposure; a

@@ -1,21 +1,30 @@
-"""The MT5 bridge against a real gateway: a Python stand-in terminal speaks wire protocol v1
-(line-delimited JSON, docs/adapters.md) over loopback, exactly as clients/mt5/PretradeBridge.mqh
-does, and the bridge checks its orders through StreamOrders and reports its deals."""
+"""The MT5 bridge against a real gateway: a Python stand-in terminal speaks the wire protocol
+(line-delimited JSON, docs/adapters.md; v1 as older terminals do, v2 as
+clients/mt5/PretradeBridge.mqh does) over loopback, and the bridge checks its orders through
+StreamOrders and reports its deals — kept in its state file and delivered until the gateway
+answers, also across a gateway outage and a bridge restart."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import logging
+import subprocess
+import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+from clients import make_order
 from clients.adapters.mt5 import Mt5Bridge, load_config, parse_config
 from clients.adapters.mt5.cli import build_config, register
 from clients.adapters.mt5.config import ConfigError, ConversionError
+from clients.adapters.reports import StateFileError
 from pretrade.v1 import gateway_pb2
 from tests.clients.gateway_harness import running_gateway
 
@@ -39,16 +48,17 @@ def bridge_config(target: str, token: str, **bridge):
 class Terminal:
     """A stand-in MT5 terminal: one TCP connection, requests with ids, pushed controls."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int = 1) -> None:
         self.reader, self.writer = reader, writer
+        self.version = version
         self.ids = itertools.count(1)
         self.replies: dict[object, asyncio.Future] = {}
         self.controls: asyncio.Queue[dict] = asyncio.Queue()
         self._task = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, port: int) -> Terminal:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def connect(cls, port: int, version: int = 1) -> Terminal:
+        return cls(*await asyncio.open_connection("127.0.0.1", port), version=version)
 
     async def _read(self) -> None:
         while line := await self.reader.readline():
@@ -66,7 +76,7 @@ class Terminal:
 
     async def request(self, type_: str, **fields) -> dict:
         request_id = f"r{next(self.ids)}"
-        message = {"v": 1, "id": request_id, "type": type_, **fields}
+        message = {"v": self.version, "id": request_id, "type": type_, **fields}
         return await self.raw(json.dumps(message).encode() + b"\n", request_id)
 
     async def check(self, client_order_id, side="buy", symbol="AAPL.m", volume=1.0, price=100.0, **fields):
@@ -225,9 +235,13 @@ async def test_kill_switch_is_pushed_to_every_terminal(setup):
 
 async def test_protocol_errors_are_answered_by_id(setup):
     _, _, terminal = setup
-    assert (await terminal.request("ping"))["type"] == "pong"
-    wrong_version = await terminal.raw(b'{"v": 2, "id": 7, "type": "ping"}\n', 7)
+    pong = await terminal.request("ping")
+    assert (pong["type"], pong["v"], pong["versions"]) == ("pong", 1, [1, 2])
+    v2 = await terminal.raw(b'{"v": 2, "id": 6, "type": "ping"}\n', 6)  # replies carry the request's version
+    assert (v2["type"], v2["v"]) == ("pong", 2)
+    wrong_version = await terminal.raw(b'{"v": 3, "id": 7, "type": "ping"}\n', 7)
     assert (wrong_version["type"], wrong_version["code"]) == ("error", "UNSUPPORTED_VERSION")
+    assert "1, 2" in wrong_version["message"]
     unknown = await terminal.check("u1", symbol="NOPE")
     assert (unknown["type"], unknown["code"]) == ("error", "UNKNOWN_SYMBOL")
     bad_side = await terminal.check("u2", side="up")
@@ -286,8 +300,11 @@ async def test_bridge_fails_closed_while_the_gateway_restarts_then_passes_orders
         for i in range(3):
             reply, elapsed = await _check_timed(terminal, f"down-{i}", 100 + next(prices) / 100)
             _assert_fail_closed(reply, elapsed)
+        # a v1 terminal still gets the v1 error for a deal the gateway did not take; the bridge
+        # keeps it all the same and delivers it once the gateway is back
         deal = await terminal.deal("before", "cancelled", "down-deal")
-        assert (deal["type"], deal["code"]) == ("error", "GATEWAY_UNAVAILABLE")
+        assert (deal["type"], deal["code"]) == ("error", "GATEWAY_UNAVAILABLE") and "keeps" in deal["message"]
+        assert bridge.pending_reports() == ["down-deal"]
         # the gateway comes back on the same port: the bridge re-opens its stream by itself
         async with running_gateway(data_dir, listen=f"127.0.0.1:{port}") as gateway:
             await gateway.set_reference_prices()
@@ -310,7 +327,253 @@ async def test_bridge_fails_closed_while_the_gateway_restarts_then_passes_orders
             )
             control = await asyncio.wait_for(terminal.controls.get(), REPLY_TIMEOUT_S)
             assert control["action"] == "cancel_all" and control["reason"] == "kill"
-            assert (await terminal.deal("after", "cancelled", "up-deal"))["status"] == "applied"
+            # a deal now reaches the gateway: answered at once, or (v1) GATEWAY_UNAVAILABLE while the
+            # bridge's report worker still waits for its next attempt (backoff up to 2 s) — kept
+            # and delivered all the same
+            deal = await terminal.deal("after", "cancelled", "up-deal")
+            assert deal.get("status") == "applied" or deal.get("code") == "GATEWAY_UNAVAILABLE", deal
+            # the deal kept while the gateway was away was delivered to the restarted one (which
+            # no longer knows the order checked by its previous run: its state is in memory)
+            await wait_until(lambda: bridge.pending_reports() == [], "the kept deals were not delivered")
+            assert bridge.report_outcome("down-deal") == "UNKNOWN_ORDER"
+            assert bridge.report_outcome("up-deal") == "APPLIED"
     finally:
         await terminal.close()
         await bridge.stop()
+
+
+# -- execution reports: kept by the bridge, delivered until the gateway answers ----------------
+
+WAIT_S = 30.0
+
+
+async def wait_until(condition, what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+class Cuttable:
+    """A TCP relay from the bridge to the gateway that can be cut (the gateway is unreachable
+    for the bridge: its connections drop and new ones are refused, while the gateway itself and
+    its state stay up) and restored on the same port."""
+
+    def __init__(self, gateway_port: int) -> None:
+        self._gateway_port = gateway_port
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._gateway_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+
+
+async def _short_check(probe, client_order_id: str, price: str) -> list[str]:
+    """A sell of 105 on LONG, straight to the gateway: SHORT_POSITION_LIMIT_EXCEEDED (max 100)
+    unless the account holds a long position that brings it within the limit (priced above the
+    account's working buys, so that self-match prevention stays out of it)."""
+    decision = await probe.check_order(make_order(account="LONG", symbol="AAPL", side="sell", quantity="105",
+                                                  price=price, client_order_id=client_order_id))
+    return [failure.code for failure in decision.failures]
+
+
+def _delivered(caplog, execution_id: str) -> list[str]:
+    """The gateway's answers the bridge logged for ``execution_id`` (one per delivery)."""
+    prefix = f"execution {execution_id} of "
+    return [record.getMessage() for record in caplog.records
+            if record.name == "pretrade.mt5" and record.getMessage().startswith(prefix)]
+
+
+@pytest.mark.timeout(120)
+async def test_fill_while_the_gateway_is_unreachable_is_queued_then_reaches_its_exposure(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pretrade.mt5")
+    async with running_gateway(tmp_path / "gw") as gateway, gateway.client() as probe:
+        await gateway.set_reference_prices()
+        relay = Cuttable(gateway.app.port)
+        await relay.restore()
+        bridge = Mt5Bridge(bridge_config(relay.target, gateway.tokens["trader"], decision_timeout_ms=1000,
+                                         state_file=str(tmp_path / "mt5" / "reports.sqlite")))
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port, version=2)
+        old = await Terminal.connect(bridge.port, version=1)
+        try:
+            assert (await terminal.check("q1", account="LONG", volume=8.0))["verdict"] == "accept"
+            assert (await old.check("q2", account="LONG", volume=2.0, price=100.01))["verdict"] == "accept"
+            await relay.cut()
+            # the fill is accepted for delivery (v2), at once, and kept; its repeat is not queued again
+            started = time.monotonic()
+            fill = await terminal.deal("q1", "fill", "q1-fill", volume=8.0, price=100.0, account="LONG")
+            assert fill == {"v": 2, "id": fill["id"], "type": "execution_result", "client_order_id": "q1",
+                            "status": "queued"}
+            assert time.monotonic() - started < EA_TIMEOUT_S
+            again = await terminal.deal("q1", "fill", "q1-fill", volume=8.0, price=100.0, account="LONG")
+            assert again["status"] == "queued"
+            # a v1 terminal gets the v1 error, and the bridge keeps its report all the same
+            cancel = await old.deal("q2", "cancelled", "q2-cancel", account="LONG")
+            assert (cancel["v"], cancel["type"], cancel["code"]) == (1, "error", "GATEWAY_UNAVAILABLE")
+            assert bridge.pending_reports() == ["q1-fill", "q2-cancel"]
+            # checks meanwhile are refused by the bridge (fail closed)
+            refused = await terminal.check("q3", account="LONG", volume=1.0, price=100.02)
+            assert refused["verdict"] == "reject" and refused["sequence"] == 0
+            # the gateway has neither yet: LONG has no position, a sell of 105 is 105 short
+            assert await _short_check(probe, "probe-1", "100.50") == ["SHORT_POSITION_LIMIT_EXCEEDED"]
+
+            await relay.restore()
+            await wait_until(lambda: bridge.pending_reports() == [], "the kept reports were not delivered")
+            assert bridge.report_outcome("q1-fill") == bridge.report_outcome("q2-cancel") == "APPLIED"
+            # in the gateway's exposure now: long 8, so a sell of 105 is 97 short (limit 100) ...
+            assert await _short_check(probe, "probe-2", "100.51") == []
+            # ... and q2 (2) no longer works: 8 + 2 is exactly max_long_position 10
+            decision = await probe.check_order(make_order(account="LONG", symbol="AAPL", side="buy", quantity="2",
+                                                          price="100.03", client_order_id="probe-3"))
+            assert [failure.code for failure in decision.failures] == []
+            # delivered once (a second delivery would have been logged, and recorded DUPLICATE);
+            # a later repeat is answered duplicate without going to the gateway
+            assert _delivered(caplog, "q1-fill") == ["execution q1-fill of q1: EXECUTION_STATUS_APPLIED"]
+            repeat = await terminal.deal("q1", "fill", "q1-fill", volume=8.0, price=100.0, account="LONG")
+            assert repeat["status"] == "duplicate"
+            assert len(_delivered(caplog, "q1-fill")) == 1
+        finally:
+            await terminal.close()
+            await old.close()
+            await bridge.stop()
+
+
+async def test_repeated_reports_while_the_gateway_answers_are_delivered_once(setup, caplog):
+    caplog.set_level(logging.INFO, logger="pretrade.mt5")
+    _, bridge, terminal = setup
+    assert (await terminal.check("d1", account="LONG", volume=4.0))["verdict"] == "accept"
+    first, second = await asyncio.gather(
+        terminal.deal("d1", "fill", "d1-fill", volume=4.0, price=100.0, account="LONG"),
+        terminal.deal("d1", "fill", "d1-fill", volume=4.0, price=100.0, account="LONG"),
+    )
+    assert sorted([first["status"], second["status"]]) == ["applied", "duplicate"]
+    assert _delivered(caplog, "d1-fill") == ["execution d1-fill of d1: EXECUTION_STATUS_APPLIED"]
+    assert bridge.pending_reports() == [] and bridge.report_outcome("d1-fill") == "APPLIED"
+
+
+@pytest.mark.timeout(120)
+async def test_a_report_queued_before_a_bridge_restart_is_delivered_after_it(tmp_path):
+    state_file = str(tmp_path / "mt5" / "reports.sqlite")
+    async with running_gateway(tmp_path / "gw") as gateway, gateway.client() as probe:
+        await gateway.set_reference_prices()
+        relay = Cuttable(gateway.app.port)
+        await relay.restore()
+        config = bridge_config(relay.target, gateway.tokens["trader"], decision_timeout_ms=1000,
+                               state_file=state_file)
+        bridge = Mt5Bridge(config)
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port, version=2)
+        try:
+            assert (await terminal.check("r1", account="LONG", volume=8.0))["verdict"] == "accept"
+            await relay.cut()
+            fill = await terminal.deal("r1", "fill", "r1-fill", volume=8.0, price=100.0, account="LONG")
+            assert fill["status"] == "queued"
+        finally:
+            await terminal.close()
+            await bridge.stop()
+        # a new bridge on the same state file, the gateway still unreachable: the report is there
+        bridge = Mt5Bridge(config)
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port, version=2)
+        try:
+            assert bridge.pending_reports() == ["r1-fill"]
+            # the terminal sends it again (its retry queue): still one report
+            assert (await terminal.deal("r1", "fill", "r1-fill", volume=8.0, price=100.0,
+                                        account="LONG"))["status"] == "queued"
+            assert bridge.pending_reports() == ["r1-fill"]
+            assert await _short_check(probe, "probe-1", "100.50") == ["SHORT_POSITION_LIMIT_EXCEEDED"]
+            await relay.restore()
+            await wait_until(lambda: bridge.pending_reports() == [], "the kept report was not delivered")
+            assert bridge.report_outcome("r1-fill") == "APPLIED"
+            assert await _short_check(probe, "probe-2", "100.51") == []  # long 8: 97 short
+            assert (await terminal.deal("r1", "fill", "r1-fill", volume=8.0, price=100.0,
+                                        account="LONG"))["status"] == "duplicate"
+        finally:
+            await terminal.close()
+            await bridge.stop()
+        # the outcome survives a restart too: a repeat is still not delivered again
+        bridge = Mt5Bridge(config)
+        await bridge.start()
+        try:
+            assert bridge.pending_reports() == [] and bridge.report_outcome("r1-fill") == "APPLIED"
+        finally:
+            await bridge.stop()
+
+
+async def test_a_second_bridge_on_the_same_state_file_fails_at_start_with_one_line(tmp_path):
+    data_dir = tmp_path / "data"
+    config_path = tmp_path / "bridge.toml"
+    config_path.write_text(
+        '[bridge]\nlisten = "127.0.0.1:0"\ntarget = "127.0.0.1:1"\ntoken = "t"\n'
+        '[symbols."AAPL.m"]\ngateway_symbol = "AAPL"\ndigits = 2\ncontract_size = 1\nvolume_step = "1"\n'
+    )
+    config = load_config(config_path, data_dir)
+    assert config.state_path == data_dir / "mt5" / "reports.sqlite"  # the default: under the data dir
+    first = Mt5Bridge(config)
+    await first.start()
+    try:
+        second = Mt5Bridge(config)
+        with pytest.raises(StateFileError, match="another bridge") as refused:
+            await second.start()
+        assert "\n" not in str(refused.value)
+        # `pretrade mt5 run` on the same data dir: one line, exit code 2
+        process = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway.cli", "mt5", "run", "--config", str(config_path),
+             "--data-dir", str(data_dir)],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+        )
+        assert process.returncode == 2, process.stderr
+        lines = process.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is another bridge using it?" in lines[0], process.stderr
+        assert str(config.state_path) in lines[0]
+    finally:
+        await first.stop()
+    # free again once the first has stopped
+    again = Mt5Bridge(config)
+    await again.start()
+    await again.stop()
+
+
+def test_state_file_setting(tmp_path):
+    path = tmp_path / "conf" / "bridge.toml"
+    path.parent.mkdir()
+    path.write_text('[bridge]\nstate_file = "state/reports.sqlite"\n[symbols.X]\ndigits = 2\n')
+    assert load_config(path, tmp_path / "data").state_path == path.parent / "state" / "reports.sqlite"
+    path.write_text('[symbols.X]\ndigits = 2\n')
+    assert load_config(path).state_path is None  # made in code without a data dir: in memory
+    with pytest.raises(ConfigError, match="state_file"):
+        parse_config({"bridge": {"state_file": 5}, "symbols": {"X": {"digits": 2}}})

@@ -100,6 +100,8 @@ async def test_up_runs_the_fix_adapter_and_the_mt5_bridge(tmp_path):
         terminal = await Terminal.connect(mt5_port)
         reply = await terminal.check("mt5-up-1", symbol="AAPL.m", volume=2.0, price=100.02)
         assert reply["verdict"] == "accept" and reply["sequence"] > 0, reply
+        cancel = await terminal.deal("mt5-up-1", "cancelled", "mt5-up-1-cxl", symbol="AAPL.m")
+        assert cancel["status"] == "applied", cancel
     finally:
         if terminal is not None:
             await terminal.close()
@@ -113,6 +115,11 @@ async def test_up_runs_the_fix_adapter_and_the_mt5_bridge(tmp_path):
     # the FIX order book is under the data dir and holds the order
     with sqlite3.connect(data_dir / "fix" / "orders.sqlite") as book:
         assert book.execute("SELECT client_order_id, account FROM orders").fetchall() == [(cl_ord_id, "ACC1")]
+    # the MT5 bridge's execution reports are under the data dir too: the cancel was delivered
+    with sqlite3.connect(data_dir / "mt5" / "reports.sqlite") as reports:
+        delivered = reports.execute("SELECT execution_id, status FROM delivered").fetchall()
+        assert delivered == [("mt5-up-1-cxl", "APPLIED")]
+        assert reports.execute("SELECT count(*) FROM reports").fetchone() == (0,)
 
 
 def test_up_with_a_bad_adapter_config_fails_with_one_line_before_starting(tmp_path, capsys):

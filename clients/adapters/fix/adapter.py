@@ -55,6 +55,12 @@ from clients import DeadlineExceeded, GatewayError
 from clients.adapters.fix.book import OrderBook, WorkingOrder
 from clients.adapters.fix.reasons import OTHER, ord_rej_reason
 from clients.adapters.link import GatewayLink
+from clients.adapters.reports import (  # noqa: F401 - the batch / retry settings, re-exported
+    REPORT_BATCH_MAX,
+    REPORT_RETRY_MAX_S,
+    REPORT_RETRY_MIN_S,
+    ExecutionReporter,
+)
 from fastpath.codes import PRICE_SCALE, QTY_SCALE
 from fastpath.fixedpoint import FixedPointError, to_fixed
 from pretrade.v1 import gateway_pb2, types_pb2
@@ -85,10 +91,6 @@ NOT_SENT = "the venue session is not logged on: not sent to the venue (the gatew
 REPLACE_NOT_SENT = ("the venue session is not logged on: the replace was not sent to the venue (the gateway released "
                     "the replacement; the original order keeps working)")
 CANCEL_NOT_SENT = "the venue session is not logged on: the cancel was not sent to the venue"
-#: Executions go to the gateway in batches of at most this many; retries back off up to the max.
-REPORT_BATCH_MAX = 64
-REPORT_RETRY_MIN_S = 0.1
-REPORT_RETRY_MAX_S = 2.0
 #: On stop, messages in hand get the decision timeout plus this long to finish.
 STOP_REPORT_GRACE_S = 1.0
 
@@ -220,8 +222,7 @@ class FixAdapter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: GatewayLink | None = None
         self._book: OrderBook | None = None
-        self._reports: asyncio.Queue[tuple[types_pb2.Execution, asyncio.Future]] | None = None
-        self._reporter: asyncio.Task | None = None
+        self._reporter: ExecutionReporter | None = None
         self._stopped = False
         self._book_closed = False
         self._orders: dict[str, WorkingOrder] = {}  # current venue ClOrdID -> order
@@ -256,11 +257,13 @@ class FixAdapter:
             self.config.target, self.config.token, self.config.decision_timeout_s,
             batch_max_delay_s=self.config.batch_max_delay_s, on_control=self._on_control,
         )
-        self._reports = asyncio.Queue()
-        self._reporter = self._loop.create_task(self._report_executions(), name="fix-report-executions")
-        for data in unreported:  # not acknowledged by the gateway before the last stop
-            execution = types_pb2.Execution.FromString(data)
-            self._reports.put_nowait((execution, self._loop.create_future()))
+        # one worker reports executions in order, retrying until the gateway answers; it starts
+        # with those not acknowledged before the last stop (the book's reports table)
+        self._reporter = ExecutionReporter(
+            self._book.reports, lambda executions: self._link.report_executions(executions),
+            log=log, name="fix-report-executions",
+        )
+        self._reporter.start()
         acceptor_settings = load_settings(self.config.acceptor_settings)
         initiator_settings = load_settings(self.config.initiator_settings)
         venues = list(initiator_settings.getSessions())
@@ -305,12 +308,7 @@ class FixAdapter:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.config.decision_timeout_s + STOP_REPORT_GRACE_S)
         if self._reporter is not None:
-            self._reporter.cancel()
-            await asyncio.gather(self._reporter, return_exceptions=True)
-            while not self._reports.empty():  # left in the book for the next start
-                _, done = self._reports.get_nowait()
-                if not done.done():
-                    done.set_result(False)
+            await self._reporter.stop()  # what is not reported yet is left in the book for the next start
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._link is not None:
@@ -416,42 +414,12 @@ class FixAdapter:
             log.error("execution %s of %s not reported: the adapter has stopped", execution.execution_id,
                       execution.client_order_id)
             return
-        self._book.add_report(execution.execution_id, execution.SerializeToString())
-        if self._reporter is None or self._reporter.done():
-            return  # stopping: it stays in the book and is reported at the next start
-        done = self._loop.create_future()
-        self._reports.put_nowait((execution, done))
-        await asyncio.shield(done)
-
-    async def _report_executions(self) -> None:
-        delay = REPORT_RETRY_MIN_S
-        while True:
-            batch = [await self._reports.get()]
-            while not self._reports.empty() and len(batch) < REPORT_BATCH_MAX:
-                batch.append(self._reports.get_nowait())
-            executions = [execution for execution, _ in batch]
-            try:
-                while True:
-                    try:
-                        results = await self._link.report_executions(executions)
-                        break
-                    except GatewayError as exc:
-                        log.warning("%d execution(s) not reported yet (%s); retrying in %.2f s",
-                                    len(executions), exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, REPORT_RETRY_MAX_S)
-            except asyncio.CancelledError:  # stopping: the batch stays in the book for the next start
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(False)
-                raise
-            delay = REPORT_RETRY_MIN_S
-            for (execution, done), result in zip(batch, results, strict=False):
-                log.info("execution %s of %s: %s", execution.execution_id, execution.client_order_id,
-                         types_pb2.ExecutionStatus.Name(result.status))
-                self._book.remove_report(execution.execution_id)
-                if not done.done():
-                    done.set_result(True)
+        if self._reporter is None:  # not started: kept in the book for the next start
+            self._book.add_report(execution.execution_id, execution.SerializeToString())
+            return
+        # in the book first; stopping: it stays there and is reported at the next start
+        delivery = self._reporter.submit(execution)
+        await asyncio.shield(delivery.done)
 
     def _save(self, cl_ord_id: str) -> None:
         self._book.save_order(cl_ord_id, self._orders[cl_ord_id])

@@ -6,7 +6,8 @@ executions not yet acknowledged by the gateway.
 After an adapter restart the venue's execution reports for orders sent before it are still
 relayed to the right client session and reported to the gateway, a cancel or replace of
 such an order still works, and executions the gateway had not acknowledged are reported
-again (execution ids make that idempotent: a repeat is a DUPLICATE).
+again (execution ids make that idempotent: a repeat is a DUPLICATE). The ``reports`` table and
+the worker that delivers it are shared with the MT5 bridge: :mod:`clients.adapters.reports`.
 
 Every change is written (and committed) *before* the message it concerns is sent: an order
 is in the book before it goes to the venue. WAL journal with ``synchronous=NORMAL``: a
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import quickfix as fix
+
+from clients.adapters.reports import REPORTS_SCHEMA, ReportStore, open_state_db
 
 #: Finished orders stay in the book this long (seconds) after their last change.
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -47,11 +50,7 @@ CREATE TABLE IF NOT EXISTS cancels (
     asker TEXT,                        -- the client session that asked (JSON); NULL: the kill switch
     updated_ns INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS reports (
-    execution_id TEXT PRIMARY KEY,     -- an execution the gateway has not acknowledged yet
-    execution BLOB NOT NULL            -- pretrade.v1.Execution, serialized
-);
-"""
+""" + REPORTS_SCHEMA  # executions not acknowledged by the gateway yet (clients/adapters/reports.py)
 
 
 class OrderBookError(RuntimeError):
@@ -95,18 +94,12 @@ class OrderBook:
     def __init__(self, path: Path | None, retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.path = path
         self.retention_s = retention_s
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(path) if path is not None else ":memory:", isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            if path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)  # also takes the exclusive lock
+            self._db = open_state_db(path, _SCHEMA)  # locked exclusively
         except sqlite3.OperationalError as exc:
             raise OrderBookError(f"{path}: cannot open the FIX order book ({exc}); is another adapter using it?") from None
+        #: the executions not acknowledged by the gateway (the adapter's ExecutionReporter works on it)
+        self.reports = ReportStore(self._db)
 
     def load(self) -> tuple[dict[str, WorkingOrder], dict[str, tuple[str, fix.SessionID | None]], list[bytes]]:
         horizon = time.time_ns() - int(self.retention_s * 1e9)
@@ -127,8 +120,7 @@ class OrderBook:
             cl_ord_id: (target, session_from_text(asker))
             for cl_ord_id, target, asker in self._db.execute("SELECT cl_ord_id, target, asker FROM cancels")
         }
-        reports = [row[0] for row in self._db.execute("SELECT execution FROM reports ORDER BY rowid")]
-        return orders, cancels, reports
+        return orders, cancels, self.reports.pending()
 
     def save_order(self, cl_ord_id: str, order: WorkingOrder) -> None:
         self._db.execute(
@@ -143,14 +135,14 @@ class OrderBook:
                          (cl_ord_id, target, session_to_text(asker), time.time_ns()))
 
     def add_report(self, execution_id: str, execution: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO reports VALUES (?, ?)", (execution_id, execution))
+        self.reports.add(execution_id, execution)
 
     def unreported(self) -> list[str]:
         """Execution ids not acknowledged by the gateway yet."""
-        return [row[0] for row in self._db.execute("SELECT execution_id FROM reports ORDER BY rowid")]
+        return self.reports.pending_ids()
 
     def remove_report(self, execution_id: str) -> None:
-        self._db.execute("DELETE FROM reports WHERE execution_id = ?", (execution_id,))
+        self.reports.remove(execution_id)
 
     def close(self) -> None:
         self._db.close()

@@ -2,7 +2,8 @@
 
 Register with ``clients.adapters.mt5.cli.register(subparsers, common)`` (as gateway/cli.py
 does for halts.cli). ``--target``/``--token`` of the common options override the file's
-``bridge.target``/``bridge.token``.
+``bridge.target``/``bridge.token``. The execution reports owed to the gateway are kept in
+``bridge.state_file``, else ``<--data-dir>/mt5/reports.sqlite``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
 def build_config(args):
     from clients.adapters.mt5.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, getattr(args, "data_dir", None))
     overrides = {}
     if getattr(args, "listen", None):
         overrides["listen"] = args.listen
@@ -46,6 +47,7 @@ def cmd_run(args) -> int:
 
     from clients.adapters.mt5.bridge import Mt5Bridge
     from clients.adapters.mt5.config import ConfigError
+    from clients.adapters.reports import StateFileError
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -62,4 +64,7 @@ def cmd_run(args) -> int:
         asyncio.run(Mt5Bridge(config).run_forever())
     except KeyboardInterrupt:
         return 130
+    except StateFileError as exc:
+        print(f"pretrade mt5: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -13,6 +13,8 @@ Example (``examples/mt5_bridge.toml`` style)::
     target = "127.0.0.1:50051"
     token_env = "PRETRADE_TOKEN"      # or token = "..."
     decision_timeout_ms = 2000
+    state_file = ""                   # execution reports owed to the gateway (SQLite);
+                                      # default: <data dir>/mt5/reports.sqlite
 
     [symbols.EURUSD]
     gateway_symbol = "EURUSD"         # default: the MT5 name
@@ -37,6 +39,9 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TOKEN_ENV = "PRETRADE_TOKEN"
 DEFAULT_DECISION_TIMEOUT_MS = 2000
 DEFAULT_BATCH_MAX_DELAY_MS = 0.5
+#: The bridge's execution reports under the data directory (``--data-dir``) when
+#: ``bridge.state_file`` is not set.
+STATE_FILE_IN_DATA_DIR = Path("mt5") / "reports.sqlite"
 #: Decimals MT5 volumes are read to before the volume_step check (MT5 steps are >= 1e-8).
 VOLUME_DIGITS = 8
 
@@ -113,6 +118,8 @@ class BridgeConfig:
     decision_timeout_s: float = DEFAULT_DECISION_TIMEOUT_MS / 1000
     batch_max_delay_s: float = DEFAULT_BATCH_MAX_DELAY_MS / 1000
     symbols: dict[str, SymbolSpec] = field(default_factory=dict)
+    #: the execution reports owed to the gateway (SQLite, clients/adapters/reports.py); None: in memory
+    state_path: Path | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -146,10 +153,14 @@ def _spec(name: str, table: dict) -> SymbolSpec:
     )
 
 
-def parse_config(document: dict) -> BridgeConfig:
+def parse_config(document: dict, *, base_dir: str | Path | None = None,
+                 data_dir: str | Path | None = None) -> BridgeConfig:
+    """The bridge configuration of a TOML document. The reports' state file is
+    ``bridge.state_file`` (relative to ``base_dir``, the configuration file's directory), else
+    ``<data_dir>/mt5/reports.sqlite``, else (no data_dir) in memory only."""
     bridge = document.get("bridge", {})
     unknown = set(bridge) - {
-        "listen", "target", "token", "token_env", "decision_timeout_ms", "batch_max_delay_ms"
+        "listen", "target", "token", "token_env", "decision_timeout_ms", "batch_max_delay_ms", "state_file"
     }
     if unknown:
         raise ConfigError(f"bridge: unknown keys {sorted(unknown)}")
@@ -160,6 +171,15 @@ def parse_config(document: dict) -> BridgeConfig:
     timeout_ms = bridge.get("decision_timeout_ms", DEFAULT_DECISION_TIMEOUT_MS)
     if not isinstance(timeout_ms, int | float) or timeout_ms <= 0:
         raise ConfigError("bridge.decision_timeout_ms: must be > 0")
+    state_file = bridge.get("state_file", "")
+    if not isinstance(state_file, str):
+        raise ConfigError("bridge.state_file: a path (string) is required")
+    if state_file:
+        state_path = Path(state_file)
+        if not state_path.is_absolute() and base_dir is not None:
+            state_path = Path(base_dir) / state_path
+    else:
+        state_path = Path(data_dir) / STATE_FILE_IN_DATA_DIR if data_dir is not None else None
     return BridgeConfig(
         listen=str(bridge.get("listen", DEFAULT_LISTEN)),
         target=str(bridge.get("target", DEFAULT_TARGET)),
@@ -167,13 +187,14 @@ def parse_config(document: dict) -> BridgeConfig:
         decision_timeout_s=timeout_ms / 1000,
         batch_max_delay_s=bridge.get("batch_max_delay_ms", DEFAULT_BATCH_MAX_DELAY_MS) / 1000,
         symbols=symbols,
+        state_path=state_path,
     )
 
 
-def load_config(path: str | Path) -> BridgeConfig:
+def load_config(path: str | Path, data_dir: str | Path | None = None) -> BridgeConfig:
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(document)
+    return parse_config(document, base_dir=Path(path).parent, data_dir=data_dir)
