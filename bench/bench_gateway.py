@@ -96,6 +96,7 @@ lot_size = 1
 """ + "".join(f"\n[accounts.ACC{index}]\n" for index in range(16))
 BENCH_ACCOUNTS = 16
 REFERENCE_PRICE = "100"
+BENCH_MAX_WORKING_ORDERS = 1 << 20
 SERVED_GATEWAY_ID = "gwbench"
 DECIDE_GATEWAY_ID = "gwdecide"  # one gateway id per outbox: JetStream de-duplicates by id:sequence
 STEPS_GATEWAY_ID = "gwsteps"
@@ -124,6 +125,7 @@ class Scale:
     step_calls: int  # calls per step of the order-path breakdown
     publish_decisions: int  # decisions per publish drain
     publish_rounds: int
+    sustained_messages: int  # StreamOrders messages of 512 in the sustained run
 
 
 FULL = Scale(
@@ -136,6 +138,7 @@ FULL = Scale(
     step_calls=20_000,
     publish_decisions=20_000,
     publish_rounds=3,
+    sustained_messages=600,  # ~300k decisions: ~5 s of deciding, then the outbox drains
 )
 SHORT = Scale(
     check_order_rounds=2,
@@ -147,6 +150,7 @@ SHORT = Scale(
     step_calls=50,
     publish_decisions=200,
     publish_rounds=1,
+    sustained_messages=4,
 )
 
 
@@ -225,6 +229,8 @@ async def _serve_stack(data_dir: str, rules_path: str, nats_url: str) -> None:
         data_dir=data_dir,
         gateway_id=SERVED_GATEWAY_ID,
         metrics_listen=None,
+        # Every benchmark order stays working (no executions): room for all of them, ~500k.
+        engine_options={"max_orders": BENCH_MAX_WORKING_ORDERS},
     )
     gateway = GatewayApp(config)
     await gateway.start()
@@ -502,6 +508,44 @@ def test_stream_orders_throughput(benchmark, bench_stack, scale, served_orders, 
         )
         fastpath_figures[f"gateway StreamOrders x{batch_size} orders/s"] = gateway_rate
         fastpath_figures[f"no-op StreamOrders x{batch_size} orders/s"] = noop_rate
+
+
+def test_stream_orders_sustained_into_jetstream(benchmark, bench_stack, scale, served_orders, fastpath_figures):
+    """What one gateway sustains end to end: StreamOrders batches of 512 as fast as it
+    answers them, timed until JetStream has acknowledged every decision. Deciding and
+    publishing share the gateway's event loop, so this is below both the burst rate of
+    ``test_stream_orders_throughput`` and the publisher's own ceiling; it is the rate at
+    which a gateway can feed the decisions stream (and so the ledger) for long."""
+    batch_size = STREAM_BATCH_SIZES[-1]
+    requests = [gateway_pb2.StreamOrdersRequest(batch_id=batch_id, orders=served_orders.take(batch_size))
+                for batch_id in range(1, scale.sustained_messages + 1)]
+    figures = {}
+
+    def run() -> None:
+        bench_stack.wait_outbox_drained()
+        started = time.perf_counter()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            deciding_s, decisions = runner.run(stream_orders(
+                bench_stack.gateway_target, bench_stack.trader_token, requests,
+                max(2, STREAM_INFLIGHT_ORDERS // batch_size),
+            ))
+        with GatewayClient(bench_stack.gateway_target, bench_stack.admin_token, RPC_TIMEOUT_S) as admin:
+            figures["outbox_depth_when_decided"] = admin.get_status().outbox_depth
+        bench_stack.wait_outbox_drained()
+        figures.update(decisions=len(decisions), decided_per_s=len(decisions) / deciding_s,
+                       sustained_per_s=len(decisions) / (time.perf_counter() - started))
+        assert all(decision.verdict == ACCEPT for decision in decisions)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert figures["decisions"] == scale.sustained_messages * batch_size
+    benchmark.extra_info.update({key: round(value) for key, value in figures.items()})
+    if not benchmark.disabled:
+        print_table(
+            f"StreamOrders x{batch_size} sustained into JetStream ({figures['decisions']} decisions)",
+            ["decided/s", "outbox depth when decided", "decided and acked by JetStream/s"],
+            [[figures["decided_per_s"], figures["outbox_depth_when_decided"], figures["sustained_per_s"]]],
+        )
+        fastpath_figures["gateway sustained into JetStream decisions/s"] = figures["sustained_per_s"]
 
 
 # -- in process: the order path without the network ------------------------------------------------------
