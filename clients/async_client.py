@@ -38,14 +38,16 @@ class AsyncGatewayClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, object]] = (),
     ) -> None:
+        """``channel_options`` are gRPC channel arguments (e.g. reconnect backoff)."""
         self.target = target
         self.timeout_s = timeout_s
         self.metadata = auth_metadata(token)
         self._channel = (
-            grpc.aio.secure_channel(target, credentials)
+            grpc.aio.secure_channel(target, credentials, options=channel_options)
             if credentials is not None
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(target, options=channel_options)
         )
         self.gateway_stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._admin = gateway_pb2_grpc.AdminServiceStub(self._channel)

@@ -21,11 +21,8 @@ import asyncio
 import logging
 import time
 
-import grpc
-
 from clients import AsyncGatewayClient, DeadlineExceeded, GatewayError, GatewayUnavailable, OrderBatcher
-from clients.sync_client import auth_metadata
-from pretrade.v1 import gateway_pb2_grpc, types_pb2
+from pretrade.v1 import types_pb2
 
 log = logging.getLogger("pretrade.adapters")
 
@@ -39,17 +36,9 @@ CHANNEL_OPTIONS = (
 DEFAULT_RETRY_INTERVAL_S = 0.25
 
 
-class AdapterGatewayClient(AsyncGatewayClient):
-    """:class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS` (the base class
-    takes no channel options; this is its ``__init__`` with them)."""
-
-    def __init__(self, target: str, token: str | None, timeout_s: float) -> None:  # noqa: D107
-        self.target = target
-        self.timeout_s = timeout_s
-        self.metadata = auth_metadata(token)
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.gateway_stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
-        self._admin = gateway_pb2_grpc.AdminServiceStub(self._channel)
+def adapter_client(target: str, token: str | None, timeout_s: float) -> AsyncGatewayClient:
+    """An :class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS`."""
+    return AsyncGatewayClient(target, token, timeout_s, channel_options=CHANNEL_OPTIONS)
 
 
 def _retrieve(task: asyncio.Task) -> None:
@@ -76,7 +65,7 @@ class GatewayLink:
         self._batch_max_delay_s = batch_max_delay_s
         self._on_control = on_control
         self._retry_interval_s = retry_interval_s
-        self.client = AdapterGatewayClient(target, token, decision_timeout_s)
+        self.client = adapter_client(target, token, decision_timeout_s)
         self._batcher: OrderBatcher | None = None
         self._opening: asyncio.Task | None = None
         self._last_failure: tuple[float, GatewayError] | None = None

@@ -19,7 +19,7 @@ import quickfix as fix
 from clients.adapters.fix.adapter import BUNDLED_FIX44, FixAdapter, FixAdapterConfig, message_fields
 from clients.adapters.fix.config import load_fix_config
 from clients.adapters.fix.reasons import ORD_REJ_REASON
-from clients.adapters.link import AdapterGatewayClient
+from clients.adapters.link import adapter_client
 from clients import make_execution, make_order
 from pretrade.v1 import gateway_pb2, types_pb2
 from tests.clients.gateway_harness import running_gateway
@@ -456,7 +456,7 @@ async def test_executions_the_gateway_did_not_take_are_reported_after_a_restart(
     await client.next("8")
     # the gateway becomes unreachable for the adapter: its client now points at a closed port
     reachable = adapter._link.client
-    adapter._link.client = AdapterGatewayClient(f"127.0.0.1:{free_port()}", gateway.tokens["trader"], 1.0)
+    adapter._link.client = adapter_client(f"127.0.0.1:{free_port()}", gateway.tokens["trader"], 1.0)
     try:
         venue.fill("U1", "4", "100.01", full=True)
         fill = await client.next("8")  # relayed at once; the report is retried meanwhile
