@@ -66,35 +66,16 @@ from gateway.server import create_server
 from gateway.servicer import GatewayServicer, OrderGate
 from gateway.validation import RequestValidator
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from tests.clients.gateway_harness import accept_all_rules
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: Rules under which every benchmark order is accepted however many are working (no rate,
-#: exposure or working-order limit, no duplicate-content check, no self-match prevention),
-#: so that every call takes the accept path, the one that records a working order.
-BENCH_RULES = """
-[firm]
-name = "BENCH"
-max_reference_age_ms = 86_400_000
-self_match_prevention = false
-duplicate_content_window_ms = 0
-
-[firm.limits]
-max_order_qty = 1_000
-max_order_notional = "unlimited"
-max_long_position = "unlimited"
-max_short_position = "unlimited"
-price_collar_pct = 10
-price_collar_ticks = "unlimited"
-credit_limit = "unlimited"
-max_working_orders = "unlimited"
-order_rate_limit = "unlimited"
-
-[symbols.AAPL]
-tick_size = "0.01"
-lot_size = 1
-""" + "".join(f"\n[accounts.ACC{index}]\n" for index in range(16))
 BENCH_ACCOUNTS = 16
+#: Every benchmark order is accepted however many are working, so that every call takes the
+#: accept path, the one that records a working order.
+BENCH_RULES = accept_all_rules(
+    "BENCH", [f"ACC{index}" for index in range(BENCH_ACCOUNTS)], max_reference_age_ms=86_400_000
+)
 REFERENCE_PRICE = "100"
 BENCH_MAX_WORKING_ORDERS = 1 << 20
 SERVED_GATEWAY_ID = "gwbench"

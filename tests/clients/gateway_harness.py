@@ -212,3 +212,33 @@ def write_up_watchdogs(directory: Path) -> Path:
     tables = "".join(f"\n[watchdogs.{kind}]\n" for kind in WATCHDOG_CLASSES)
     path.write_text(f'[worker]\nstatus_listen = "127.0.0.1:0"\n{tables}')
     return path
+
+
+def accept_all_rules(name: str, accounts: list[str], *, max_reference_age_ms: int = 3_600_000) -> str:
+    """Rules under which every order of AAPL (tick 0.01, within 10 % of its reference price,
+    at most 1 000) is accepted however many are working: no rate, exposure or working-order
+    limit, no duplicate-content check, no self-match prevention. For tests and benchmarks
+    that need every call to take the accept path, the one that records a working order."""
+    account_tables = "".join(f"\n[accounts.{account}]\n" for account in accounts)
+    return f"""
+[firm]
+name = "{name}"
+max_reference_age_ms = {max_reference_age_ms}
+self_match_prevention = false
+duplicate_content_window_ms = 0
+
+[firm.limits]
+max_order_qty = 1_000
+max_order_notional = "unlimited"
+max_long_position = "unlimited"
+max_short_position = "unlimited"
+price_collar_pct = 10
+price_collar_ticks = "unlimited"
+credit_limit = "unlimited"
+max_working_orders = "unlimited"
+order_rate_limit = "unlimited"
+
+[symbols.AAPL]
+tick_size = "0.01"
+lot_size = 1
+{account_tables}"""

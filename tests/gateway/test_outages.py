@@ -40,38 +40,20 @@ from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionSequenceConflictError
 from gateway.subjects import DECISIONS_STREAM, decisions_subject
 from pretrade.v1 import gateway_pb2, types_pb2
-from tests.clients.gateway_harness import GATEWAY_ID, gateway_config, running_gateway, write_rules
+from tests.clients.gateway_harness import (
+    GATEWAY_ID,
+    accept_all_rules,
+    gateway_config,
+    running_gateway,
+    write_rules,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Rules under which every order of these tests is accepted however many are working: no
-#: rate or exposure limit, no duplicate-content check, no self-match prevention.
-ACCEPT_ALL_RULES = """
-[firm]
-name = "OUTAGES"
-max_reference_age_ms = 3_600_000
-self_match_prevention = false
-duplicate_content_window_ms = 0
-
-[firm.limits]
-max_order_qty = 1_000
-max_order_notional = "unlimited"
-max_long_position = "unlimited"
-max_short_position = "unlimited"
-price_collar_pct = 10
-price_collar_ticks = "unlimited"
-credit_limit = "unlimited"
-max_working_orders = "unlimited"
-order_rate_limit = "unlimited"
-
-[symbols.AAPL]
-tick_size = "0.01"
-lot_size = 1
-
-[accounts.ACC1]
-"""
+#: Every order of these tests is accepted however many are working.
+ACCEPT_ALL_RULES = accept_all_rules("OUTAGES", ["ACC1"])
 REFERENCE_PRICE = "100"
 ACCEPT = types_pb2.VERDICT_ACCEPT
 SERVING = health_pb2.HealthCheckResponse.SERVING
