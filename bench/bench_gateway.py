@@ -22,7 +22,7 @@ Measured
     * CheckOrder round trip p50 / p99 / p99.9 for both, the ratio gateway / no-op at p50 and
       the microseconds added (sequential calls from the blocking SDK client).
     * In process: ``OrderGate.decide`` on a pre-built validated order (kernel, decision
-      build, LMDB outbox append, publisher notify, metrics; publisher connected to
+      build, outbox append, publisher notify, metrics; publisher connected to
       nats-server), p50 / p99; and the same order path step by step.
     * StreamOrders throughput in orders/s with batches of 1, 64 and 512, for both.
     * Decision publishing: decisions/s from the outbox to JetStream acks, and the gateway
@@ -534,7 +534,7 @@ def test_stream_orders_sustained_into_jetstream(benchmark, bench_stack, scale, s
 
 @contextlib.contextmanager
 def in_process_gate(directory: Path, rules_path: Path, nats_url: str, gateway_id: str):
-    """(OrderGate, its event loop) as the gateway builds it: compiled kernel, LMDB outbox,
+    """(OrderGate, its event loop) as the gateway builds it: compiled kernel, outbox,
     metrics, a publisher connected to nats-server. The loop runs only when the caller runs
     it: decisions made meanwhile wait in the outbox."""
     loop = uvloop.new_event_loop()

@@ -2,7 +2,7 @@
 
 Shared by the gateway integration tests (``tests/gateway/test_server_integration.py``,
 ``tests/gateway/test_cli.py``) and the SDK tests. Everything is real: rules compiler,
-engine, LMDB outbox, publisher, nats-server, gRPC. The engine runs the compiled kernel;
+engine, outbox, publisher, nats-server, gRPC. The engine runs the compiled kernel;
 only a source tree whose kernel was never built falls back to the reference kernel (same
 semantics, proven by the parity suite), so these tests still exercise the gateway.
 """

@@ -7,7 +7,7 @@ content the client received, the stream holds nothing else, and sequences are co
 Verdicts do not matter for that: an outage longer than the halt follower's staleness bound
 turns orders into HALT_STATE_UNAVAILABLE rejects, which must be published like any decision,
 so only decisions made while NATS is up are required to be accepts.
-Everything is real (nats-server killed with SIGKILL, LMDB outbox, gRPC over loopback, the
+Everything is real (nats-server killed with SIGKILL, the mmap outbox, gRPC over loopback, the
 ``pretrade serve`` process); every step has a hard timeout and processes are cleaned up in
 ``finally`` blocks.
 """

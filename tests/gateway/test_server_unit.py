@@ -1,5 +1,5 @@
 """Unit tests of the order path (OrderGate) without gRPC: the real rules compiler, engine
-(reference kernel: deterministic, no build needed) and LMDB outbox; the publisher is a
+(reference kernel: deterministic, no build needed) and the mmap outbox; the publisher is a
 stand-in that counts wake-ups. Faults are injected by patching single methods."""
 
 from __future__ import annotations
