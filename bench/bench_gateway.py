@@ -24,7 +24,8 @@ Measured
     * In process: ``OrderGate.decide`` on a pre-built validated order (kernel, decision
       build, outbox append, publisher notify, metrics; publisher connected to
       nats-server), p50 / p99; and the same order path step by step.
-    * StreamOrders throughput in orders/s with batches of 1, 64 and 512, for both.
+    * StreamOrders throughput in orders/s with batches of 1, 64 and 512, for both; and the
+      rate one gateway sustains into JetStream (batches of 512 until every decision is acked).
     * Decision publishing: decisions/s from the outbox to JetStream acks, and the gateway
       process's CPU per published decision (nats-server's own CPU not included).
 
