@@ -7,6 +7,7 @@ strategy and symbol, the action each takes, webhooks and the worker's own settin
     worker_id = "watchdogs"            # heartbeat subject and finding ids
     heartbeat_interval_s = 5.0
     status_listen = "127.0.0.1:9470"   # GET /status (JSON) and /metrics; "off" to disable
+    replay_bound_s = 300.0             # how far back a new JetStream consumer starts
 
     [[webhooks]]
     url = "https://hooks.example.com/T000/B000"
@@ -46,6 +47,9 @@ WATCHDOG_CLASSES: dict[str, type[Watchdog]] = {cls.kind: cls for cls in FLOW_WAT
 
 DEFAULT_WORKER_ID = "watchdogs"
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+#: How far back (seconds) a worker's JetStream consumers start when they are (re)created:
+#: five times the longest default window of a flow watchdog (repeated_executions, 60 s).
+DEFAULT_REPLAY_BOUND_S = 300.0
 DEFAULT_STATUS_LISTEN = "127.0.0.1:9470"
 STATUS_OFF = "off"
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 5
@@ -60,7 +64,7 @@ _SCOPED_TABLES = {
     "strategies": ScopeKind.STRATEGY,
     "symbols": ScopeKind.SYMBOL,
 }
-_WORKER_KEYS = frozenset({"worker_id", "heartbeat_interval_s", "status_listen"})
+_WORKER_KEYS = frozenset({"worker_id", "heartbeat_interval_s", "status_listen", "replay_bound_s"})
 _WEBHOOK_KEYS = frozenset({"url", "min_action", "max_attempts", "backoff_s", "timeout_s"})
 
 
@@ -113,6 +117,7 @@ class WatchdogsConfig:
     worker_id: str = DEFAULT_WORKER_ID
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     status_listen: str = DEFAULT_STATUS_LISTEN
+    replay_bound_s: float = DEFAULT_REPLAY_BOUND_S
     webhooks: tuple[WebhookConfig, ...] = ()
     watchdogs: tuple[WatchdogSpec, ...] = ()
 
@@ -148,6 +153,11 @@ def parse_config(document: dict, source: str = "<config>") -> WatchdogsConfig:
     )
     if heartbeat <= 0:
         raise InvalidSettingError(f"{source}: worker.heartbeat_interval_s: must be > 0")
+    replay_bound = _number(
+        worker.get("replay_bound_s", DEFAULT_REPLAY_BOUND_S), f"{source}: worker.replay_bound_s"
+    )
+    if replay_bound <= 0:
+        raise InvalidSettingError(f"{source}: worker.replay_bound_s: must be > 0")
     webhooks = tuple(
         _webhook(raw, f"{source}: webhooks[{index}]")
         for index, raw in enumerate(document.get("webhooks", []))
@@ -169,6 +179,7 @@ def parse_config(document: dict, source: str = "<config>") -> WatchdogsConfig:
         status_listen=_string(
             worker.get("status_listen", DEFAULT_STATUS_LISTEN), f"{source}: worker.status_listen"
         ),
+        replay_bound_s=replay_bound,
         webhooks=webhooks,
         watchdogs=tuple(specs),
     )

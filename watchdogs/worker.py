@@ -11,24 +11,65 @@ requests out (``pretrade watchdogs run``; ``pretrade up`` runs one too).
   ``pretrade.v1.alerts.<watchdog>``, asks the halt manager (HaltService over gRPC, with the
   worker's ``watchdog:<name>`` token) for the finding's graduated response, posts it to the
   configured webhooks, publishes heartbeats and serves ``GET /status`` and ``/metrics``.
+
+Inputs: JetStream where the input is stored, core NATS otherwise
+---------------------------------------------------------------
+Decisions (``PRETRADE_DECISIONS``) and gateway events (``PRETRADE_EVENTS``) are in
+JetStream (:data:`watchdogs.subjects.JETSTREAM_INPUTS`). The worker reads them through a
+**durable pull consumer per stream**, named after its worker id
+(:func:`watchdogs.subjects.consumer_name`), with explicit acks. Market data, news counts,
+strategy metrics and service health are core NATS only (no stream) and stay core
+subscriptions: what is published while the worker is away is gone. The halt manager's
+``PRETRADE_HALT_EVENTS`` is not an input of any watchdog.
+
+Why durable and pull, and how far back:
+
+* *Nothing missed across a reconnect or a NATS restart.* The consumer lives on the
+  server (file-backed stream), so after an outage the worker fetches from its ack floor
+  and sees the burst that was published meanwhile, in stream order. The flow statistics
+  (order rate, reject rate, notional velocity, concentration ...) are event-time windows,
+  so a late burst is judged at the time it happened.
+* *Also across a worker restart, but bounded.* A restart within ``replay_bound_s``
+  (``[worker]``, default 300 s) resumes where the previous process acked. The consumer is
+  created with ``inactive_threshold = replay_bound_s``: a worker (or its connection) gone
+  for longer loses its consumer, and the new one starts at ``now - replay_bound_s``
+  (``DeliverPolicy.BY_START_TIME``), as does a first start. So a worker never replays
+  hours of stale history into windows of seconds, yet the last minutes before a start -
+  the longest default flow window is 60 s - are seen.
+* *Pull, not the ordered push consumer:* an ordered consumer is ephemeral, so a restarted
+  worker would start from nothing (or from a guess); a durable pull consumer keeps the
+  position on the server and lets the worker pace itself.
+* *At least once, counted once.* A message whose ack was lost is redelivered. Each stream's
+  reader remembers the last ``DEFAULT_DEDUP_MEMORY`` message ids (``Nats-Msg-Id`` =
+  ``<gateway_id>:<sequence>``, else the stream sequence within the consumer's lifetime, as
+  a stream deleted and made again starts its sequences anew) and drops a repeat
+  (``pretrade_watchdog_duplicates_dropped_total``). A process that crashes between
+  observing and acking observes those few messages again after its restart.
+* *Streams that do not exist yet.* The gateway creates the streams on its first connect;
+  until then (or after a stream is deleted) the reader retries every
+  ``DEFAULT_JETSTREAM_RETRY_S`` without failing the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import json
 import logging
 import time
 import urllib.error
 import urllib.request
-from typing import Iterable
+from collections import OrderedDict
+from typing import Hashable, Iterable
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.aio import cancel_until_done
@@ -51,6 +92,18 @@ DEFAULT_WEBHOOK_QUEUE_SIZE = 1_000
 DEFAULT_WEBHOOK_MAX_BACKOFF_S = 30.0
 #: Seconds :meth:`WatchdogWorker.stop` waits for NATS to drain before closing.
 DEFAULT_DRAIN_TIMEOUT_S = 2.0
+#: Messages one JetStream pull asks for.
+DEFAULT_FETCH_BATCH = 256
+#: Seconds one JetStream pull waits for a message (then the consumer is checked).
+DEFAULT_FETCH_TIMEOUT_S = 1.0
+#: Seconds between attempts while a stream is missing or NATS is unreachable.
+DEFAULT_JETSTREAM_RETRY_S = 0.25
+#: Seconds JetStream waits for an ack before it redelivers.
+DEFAULT_ACK_WAIT_S = 5.0
+#: Unacked messages a consumer may have out at once.
+DEFAULT_MAX_ACK_PENDING = 20_000
+#: Message ids each JetStream reader remembers to drop redeliveries.
+DEFAULT_DEDUP_MEMORY = 100_000
 
 _INPUT_SUBJECTS: dict[str, EventKind] = {
     subjects.DECISIONS_WILDCARD: EventKind.DECISION,
@@ -61,6 +114,26 @@ _INPUT_SUBJECTS: dict[str, EventKind] = {
     subjects.STRATEGY_METRIC_WILDCARD: EventKind.METRIC,
     subjects.SERVICE_HEALTH_WILDCARD: EventKind.HEALTH,
 }
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen (insertion order): bounded memory for de-duplication."""
+
+    def __init__(self, capacity: int = DEFAULT_DEDUP_MEMORY) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable) -> bool:
+        """True if ``key`` is new (and now remembered), False for a repeat."""
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class MalformedMessageError(ValueError):
@@ -147,6 +220,10 @@ class WatchdogMetrics:
         self.dropped = Counter(
             "pretrade_watchdog_dropped", "findings, alerts or webhook posts dropped", ["queue"],
             registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "pretrade_watchdog_duplicates_dropped", "JetStream redeliveries dropped (already observed)",
+            ["kind"], registry=self.registry,
         )
         self.detection_lag = Histogram(
             "pretrade_watchdog_emit_lag_seconds", "wall clock at emission minus the finding's event time",
@@ -357,6 +434,9 @@ class WatchdogWorker:
         self.started_ns = 0
         self.recent_findings: list[dict] = []
         self.status_port: int | None = None
+        #: JetStream input stream -> whether its consumer is bound (False: waiting for it).
+        self.jetstream_bound: dict[str, bool] = {}
+        self._pulls: dict[str, object] = {}
 
     async def start(self) -> None:
         """Connect, subscribe and serve; on any failure everything started is stopped again."""
@@ -376,9 +456,18 @@ class WatchdogWorker:
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=DEFAULT_RECONNECT_WAIT_S,
         )
         self._nc = nc
+        js = nc.jetstream()
         for subject, kind in _INPUT_SUBJECTS.items():
-            if kind in self.engine.input_kinds:
+            if kind not in self.engine.input_kinds:
+                continue
+            stream = subjects.JETSTREAM_INPUTS.get(subject)
+            if stream is None:
                 await nc.subscribe(subject, cb=self._handler(kind), pending_msgs_limit=1_000_000)
+            else:
+                self.jetstream_bound[stream] = False
+                self._tasks.append(asyncio.create_task(
+                    self._consume(js, stream, subject, kind), name=f"watchdog-{stream}"
+                ))
         await nc.flush()
         self._webhooks.start()
         self._tasks.append(asyncio.create_task(self._emit_findings(), name="watchdog-findings"))
@@ -394,13 +483,77 @@ class WatchdogWorker:
 
     def _handler(self, kind: EventKind):
         async def on_message(msg) -> None:
-            for finding in self.engine.observe_message(kind, msg.data):
-                try:
-                    self._findings.put_nowait(finding)
-                except asyncio.QueueFull:
-                    self.metrics.dropped.labels("findings").inc()
+            self._observe(kind, msg.data)
 
         return on_message
+
+    def _observe(self, kind: EventKind, data: bytes) -> None:
+        for finding in self.engine.observe_message(kind, data):
+            try:
+                self._findings.put_nowait(finding)
+            except asyncio.QueueFull:
+                self.metrics.dropped.labels("findings").inc()
+
+    async def _consume(self, js, stream: str, subject: str, kind: EventKind) -> None:
+        """Read one stream through the worker's durable consumer until cancelled: binds
+        (creating the consumer if needed) and re-binds after the stream or the consumer
+        went away; retries while NATS is down. See the module docstring."""
+        durable = subjects.consumer_name(self.config.worker_id)
+        seen = RecentIds()
+        pull = None
+        generation = None  # the consumer's creation time: stream sequences are ids within it
+        while True:
+            try:
+                if pull is None:
+                    pull, generation = await self._bind(js, stream, subject, durable)
+                    self._pulls[stream] = pull
+                    self.jetstream_bound[stream] = True
+                    log.info("reading %s through consumer %s", stream, durable)
+                try:
+                    messages = await pull.fetch(DEFAULT_FETCH_BATCH, timeout=DEFAULT_FETCH_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    # idle (or NATS away): make sure the consumer still exists
+                    await js.consumer_info(stream, durable, timeout=DEFAULT_FETCH_TIMEOUT_S)
+                    continue
+                for msg in messages:
+                    msg_id = msg.headers.get(subjects.MSG_ID_HEADER) if msg.headers else None
+                    if seen.add(msg_id or (generation, msg.metadata.sequence.stream)):
+                        self._observe(kind, msg.data)
+                    else:
+                        self.metrics.duplicates.labels(kind.value).inc()
+                    await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NotFoundError: no stream yet (the gateway creates it), or the stream or the
+                # consumer went away; otherwise NATS is down or refused a request (a pull on
+                # a deleted consumer has no responders). Either way: bind again, until it works.
+                if not isinstance(exc, NotFoundError):
+                    log.debug("reading %s: %r; binding again", stream, exc)
+                self.jetstream_bound[stream] = False
+                if pull is not None:
+                    self._pulls.pop(stream, None)
+                    with contextlib.suppress(Exception):
+                        await pull.unsubscribe()
+                    pull = None
+                await asyncio.sleep(DEFAULT_JETSTREAM_RETRY_S)
+
+    async def _bind(self, js, stream: str, subject: str, durable: str):
+        """The pull subscription of ``durable`` on ``stream`` and the consumer's creation
+        time; creates the consumer, starting ``replay_bound_s`` back, if it does not exist.
+        NotFoundError while the stream is missing."""
+        try:
+            info = await js.consumer_info(stream, durable, timeout=DEFAULT_FETCH_TIMEOUT_S)
+        except NotFoundError:
+            bound_s = self.config.replay_bound_s
+            start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=bound_s)
+            info = await js.add_consumer(stream, js_api.ConsumerConfig(
+                durable_name=durable, filter_subject=subject,
+                deliver_policy=js_api.DeliverPolicy.BY_START_TIME, opt_start_time=start,
+                ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=DEFAULT_ACK_WAIT_S,
+                max_ack_pending=DEFAULT_MAX_ACK_PENDING, inactive_threshold=bound_s,
+            ), timeout=DEFAULT_FETCH_TIMEOUT_S)
+        return await js.pull_subscribe_bind(durable=durable, stream=stream), info.created
 
     async def _emit_findings(self) -> None:
         while True:
@@ -457,6 +610,7 @@ class WatchdogWorker:
         document = json_format.MessageToDict(self.heartbeat(), preserving_proto_field_name=True)
         document["nats_connected"] = bool(self._nc is not None and self._nc.is_connected)
         document["halt_requests"] = bool(self._gateway_target and self._token)
+        document["jetstream_inputs"] = dict(self.jetstream_bound)
         document["recent_findings"] = self.recent_findings
         return document
 
@@ -491,6 +645,12 @@ class WatchdogWorker:
             self._status_server = None
         await cancel_until_done(self._tasks)
         self._tasks.clear()
+        for pull in self._pulls.values():
+            # a pull subscription may hold messages no fetch will take: drain would wait for
+            # them until its timeout. Unfetched messages are not acked, so they are redelivered.
+            with contextlib.suppress(Exception):
+                await pull.unsubscribe()
+        self._pulls.clear()
         await self._webhooks.stop()
         if self._nc is not None:
             try:  # drain delivers what is pending; a NATS that is gone gets a plain close

@@ -44,6 +44,8 @@ def test_defaults_and_disabled_watchdogs():
     (spec,) = config.watchdogs
     assert spec.common.action is Action.THROTTLE and spec.common.consecutive == 3
     assert config.status_listen == "127.0.0.1:9470" and config.webhooks == ()
+    assert config.replay_bound_s == 300.0
+    assert parse_config({"worker": {"replay_bound_s": 60}}).replay_bound_s == 60.0
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,7 @@ def test_defaults_and_disabled_watchdogs():
         ({"watchdogs": {"order_rate": {"throttle_factor": "2"}}}, InvalidSettingError, "throttle_factor"),
         ({"watchdogs": {"dependency_watchdog": {"default_target": "x"}}}, InvalidSettingError, "dependency"),
         ({"worker": {"heartbeat_interval_s": 0}}, InvalidSettingError, "heartbeat_interval_s"),
+        ({"worker": {"replay_bound_s": 0}}, InvalidSettingError, "replay_bound_s"),
         ({"webhooks": [{"url": "ftp://x"}]}, InvalidSettingError, "webhooks[0].url"),
         ({"webhooks": [{"url": "http://x", "max_attempts": 0}]}, InvalidSettingError, "max_attempts"),
     ],
