@@ -3,7 +3,8 @@
 ``GatewayClient`` (blocking) and ``AsyncGatewayClient`` (asyncio) wrap the gRPC API with
 deadlines on every call and typed exceptions; ``make_order`` and friends build messages
 from ``Decimal``/``str``/``int`` values exactly (floats are refused); ``OrderBatcher``
-coalesces orders into StreamOrders batches. See docs/api.md.
+coalesces orders into StreamOrders batches; ``tls_credentials`` builds the
+``credentials=`` of a TLS (or mutual TLS) connection. See docs/api.md.
 """
 
 from clients.async_client import AsyncGatewayClient, OrderBatcher
@@ -30,6 +31,7 @@ from clients.orders import (
     to_qty_nanos,
 )
 from clients.sync_client import GatewayClient
+from clients.tls import TlsFileError, tls_credentials
 
 __all__ = [
     "AsyncGatewayClient",
@@ -44,6 +46,7 @@ __all__ = [
     "Overloaded",
     "PermissionDenied",
     "RulesRejected",
+    "TlsFileError",
     "Unauthenticated",
     "make_execution",
     "make_order",
@@ -53,4 +56,5 @@ __all__ = [
     "qty_from_nanos",
     "to_price_nanos",
     "to_qty_nanos",
+    "tls_credentials",
 ]

@@ -125,6 +125,13 @@ class GatewayApp:
         self._stopped = False
 
     @property
+    def companion_target(self) -> str | None:
+        """Where companions in this process reach the gateway when its port has TLS (the
+        plaintext Unix socket ``config.companion_socket``), else None: use the port."""
+        socket_path = self.config.companion_socket
+        return f"unix:{socket_path}" if socket_path is not None else None
+
+    @property
     def publisher(self) -> DecisionPublisher | None:
         return self._publisher
 
@@ -221,9 +228,10 @@ class GatewayApp:
         gc.collect()
         gc.freeze()
         log.info(
-            "gateway %s listening on port %d, rules %s (%s), NATS %s",
+            "gateway %s listening on port %d (%s), rules %s (%s), NATS %s",
             config.gateway_id,
             self.port,
+            ("mutual TLS" if config.tls_client_ca_path else "TLS") if config.tls else "plaintext",
             rules.source,
             rules.version[:12],
             self.nats_url,
@@ -389,6 +397,8 @@ class GatewayApp:
         if self._server is not None:
             log.info("stopping: open calls and streams get %.1f s to finish", config.shutdown_grace_s)
             await self._server.stop(config.shutdown_grace_s)
+            if config.companion_socket is not None:
+                Path(config.companion_socket).unlink(missing_ok=True)
         await cancel_until_done(self._background)
         if self._marketdata is not None:
             await self._marketdata.stop()

@@ -10,7 +10,10 @@ Subcommands::
     pretrade token new    make a bearer token and the token-file entry that admits it
 
 Every subcommand takes ``--data-dir``, ``--target``, ``--token`` (or ``PRETRADE_TOKEN``) and
-``--json``. Errors are one readable line on stderr, never a traceback.
+``--json``; the commands that call the gateway take ``--tls-ca`` (TLS, trusting that CA) and
+``--tls-client-cert``/``--tls-client-key`` (mutual TLS), see :func:`client_credentials`.
+``up``/``serve`` serve TLS with ``--tls-cert``/``--tls-key`` (and ``--tls-client-ca`` to
+require client certificates). Errors are one readable line on stderr, never a traceback.
 
 Exit codes: 0 success (``check``: the order was ACCEPTED); 1 ``check``: the order was
 REJECTED; 2 error (bad usage, bad file, gateway unreachable, call failed); 130 interrupted.
@@ -54,7 +57,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _common_options(client_tls: bool = True) -> argparse.ArgumentParser:
+    """The shared flags; ``client_tls``: with the ``--tls-*`` client flags (commands that
+    call the gateway and honor them)."""
     from gateway.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
     common = argparse.ArgumentParser(add_help=False)
@@ -64,7 +69,37 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV_VAR})")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    if client_tls:
+        add_client_tls_options(common)
     return common
+
+
+def add_client_tls_options(parser: argparse.ArgumentParser) -> None:
+    """``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key``: how a command that calls
+    the gateway connects (:func:`client_credentials`): ``check``, the halt and ledger commands."""
+    parser.add_argument(
+        "--tls-ca", metavar="PEM", help="connect with TLS, trusting the gateway certificate's CA in this file"
+    )
+    parser.add_argument(
+        "--tls-client-cert", metavar="PEM", help="client certificate (chain) for mutual TLS (with --tls-ca)"
+    )
+    parser.add_argument("--tls-client-key", metavar="PEM", help="private key of --tls-client-cert")
+
+
+def client_credentials(args):
+    """The channel credentials the ``--tls-*`` client flags ask for (None: plaintext),
+    built by :func:`clients.tls_credentials`, the one way to do it."""
+    from clients.tls import tls_credentials
+
+    ca = getattr(args, "tls_ca", None)
+    cert = getattr(args, "tls_client_cert", None)
+    key = getattr(args, "tls_client_key", None)
+    if ca is None:
+        if cert is not None or key is not None:
+            flag = "--tls-client-cert" if cert is not None else "--tls-client-key"
+            raise CommandError(f"{flag}: needs --tls-ca (the CA that signed the gateway's certificate)")
+        return None
+    return tls_credentials(ca, cert, key, settings=("--tls-ca", "--tls-client-cert", "--tls-client-key"))
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +135,16 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="open StreamOrders calls before RESOURCE_EXHAUSTED (default: %(default)s)",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve TLS with this certificate (chain); needs --tls-key "
+        "(default: plaintext, for localhost only)",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (unencrypted PEM)")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA"
+    )
+    parser.add_argument(
         "--log-level", default=DEFAULT_LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
 
@@ -108,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.config import DEFAULT_NATS_URL
 
     common = _common_options()
+    # Commands that do not call the gateway with the --tls-* client flags (up/serve serve
+    # TLS with --tls-cert; the watchdog worker and the adapters connect in plaintext for now).
+    local = _common_options(client_tls=False)
     parser = _Parser(prog="pretrade", description="Low-latency pre-trade risk gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
         "up",
-        parents=[common],
+        parents=[local],
         help="run the whole system (embedded NATS, gateway, halt manager, ledger, watchdogs)",
     )
     _server_options(up)
@@ -129,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mt5-config",
         help="also run the MetaTrader 5 bridge on this gateway (its TOML, see clients/mt5/bridge.example.toml)",
     )
-    up.set_defaults(handler=_cmd_up, host_halt_manager=True, host_ledger=True)
+    up.set_defaults(handler=_cmd_up, host_halt_manager=True, host_ledger=True, hosts_companions=True)
 
-    serve = commands.add_parser("serve", parents=[common], help="run the gateway only")
+    serve = commands.add_parser("serve", parents=[local], help="run the gateway only")
     _server_options(serve)
     serve.set_defaults(handler=_cmd_serve, nats_url_default=DEFAULT_NATS_URL)
 
@@ -160,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rules = commands.add_parser("rules", help="rules file tools")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
-    rules_check = rules_commands.add_parser("check", parents=[common], help="compile a rules file")
+    rules_check = rules_commands.add_parser("check", parents=[local], help="compile a rules file")
     rules_check.add_argument("file")
     rules_check.set_defaults(handler=_cmd_rules_check)
 
     token = commands.add_parser("token", help="bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
-    token_new = token_commands.add_parser("new", parents=[common], help="make a new token")
+    token_new = token_commands.add_parser("new", parents=[local], help="make a new token")
     token_new.add_argument("--name", required=True, help="principal name")
     token_new.add_argument("--roles", required=True, help="comma-separated: trader, operator, admin")
     token_new.set_defaults(handler=_cmd_token_new)
@@ -180,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     halts.cli.register(commands, common)
     ledger.cli.register(commands)
-    watchdogs.cli.register(commands, common)
-    clients.adapters.fix.cli.register(commands, common)
-    clients.adapters.mt5.cli.register(commands, common)
+    watchdogs.cli.register(commands, local)
+    clients.adapters.fix.cli.register(commands, local)
+    clients.adapters.mt5.cli.register(commands, local)
     return parser
 
 
@@ -195,9 +243,15 @@ def _print_json(document) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+#: The plaintext Unix socket (in the data dir) through which ``pretrade up``'s companions
+#: reach a gateway whose port has TLS.
+COMPANION_SOCKET = "gateway.sock"
+
+
 def _gateway_config(args, nats_url: str | None, tokens_path: str):
     from gateway.config import GatewayConfig, default_gateway_id
 
+    tls = args.tls_cert is not None
     return GatewayConfig(
         rules_path=args.rules,
         tokens_path=tokens_path,
@@ -210,6 +264,12 @@ def _gateway_config(args, nats_url: str | None, tokens_path: str):
         max_open_streams=args.max_open_streams,
         host_halt_manager=getattr(args, "host_halt_manager", False),
         host_ledger=getattr(args, "host_ledger", False),
+        tls_cert_path=args.tls_cert,
+        tls_key_path=args.tls_key,
+        tls_client_ca_path=args.tls_client_ca,
+        companion_socket=os.path.join(args.data_dir, COMPANION_SOCKET)
+        if tls and getattr(args, "hosts_companions", False)
+        else None,
     )
 
 
@@ -219,6 +279,18 @@ def _client_target(listen: str, port: int) -> str:
     if host in ("0.0.0.0", "[::]", "::"):
         host = "127.0.0.1"
     return f"{host}:{port}"
+
+
+def _tls_hints(config) -> tuple[str, str]:
+    """What ``pretrade check`` and grpcurl need on the command line to reach ``config``'s
+    port: nothing / ``-plaintext`` without TLS, the CA (and a client certificate) with it."""
+    if not config.tls:
+        return "", "-plaintext"
+    check, grpcurl = " --tls-ca CA.pem", "-cacert CA.pem"
+    if config.tls_client_ca_path is not None:
+        check += " --tls-client-cert CLIENT.pem --tls-client-key CLIENT-KEY.pem"
+        grpcurl += " -cert CLIENT.pem -key CLIENT-KEY.pem"
+    return check, grpcurl
 
 
 def _first_order_hint(app, target: str, token: str) -> tuple[str, str] | None:
@@ -235,8 +307,9 @@ def _first_order_hint(app, target: str, token: str) -> tuple[str, str] | None:
     lot = rules.symbols[symbol].lot_nanos
     quantity = format(from_fixed(lot, QTY_SCALE).normalize(), "f")
     price = "100"
+    check_tls, grpcurl_tls = _tls_hints(app.config)
     check_line = (
-        f"pretrade check --target {target} --token {token} --account {account} --symbol {symbol} "
+        f"pretrade check --target {target}{check_tls} --token {token} --account {account} --symbol {symbol} "
         f"--side buy --qty {quantity} --price {price} --reference-price {price}"
     )
     order = {
@@ -251,7 +324,7 @@ def _first_order_hint(app, target: str, token: str) -> tuple[str, str] | None:
         }
     }
     grpcurl_line = (
-        f"grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{json.dumps(order)}' "
+        f"grpcurl {grpcurl_tls} -H 'authorization: Bearer {token}' -d '{json.dumps(order)}' "
         f"{target} pretrade.v1.GatewayService/CheckOrder"
     )
     return check_line, grpcurl_line
@@ -271,12 +344,17 @@ def _announce(app, args, demo) -> None:
         else None,
         "tokens": str(demo.plaintext_path) if demo is not None else app.config.tokens_path,
         "demo_tokens": demo is not None,
+        "tls": app.config.tls,
+        "mutual_tls": app.config.tls_client_ca_path is not None,
     }
     if args.json:
         _print_json(info)
         sys.stdout.flush()
         return
-    print(f"pretrade gateway {info['gateway_id']} listening on {target}")
+    transport = ("mutual TLS" if info["mutual_tls"] else "TLS") if info["tls"] else "plaintext"
+    print(f"pretrade gateway {info['gateway_id']} listening on {target} ({transport})")
+    if info["tls"]:
+        print("  (CA.pem: the CA of --tls-cert; CLIENT*.pem: a client certificate of --tls-client-ca)")
     print(f"  rules    {rules.source} (version {rules.version[:12]})")
     print(f"  NATS     {app.nats_url}")
     if info["metrics"]:
@@ -306,7 +384,7 @@ def _watchdog_worker(args, demo):
     token = demo.tokens["watchdog:default"] if demo is not None else os.environ.get(WATCHDOG_TOKEN_ENV_VAR)
 
     def make(app):
-        return WatchdogWorker(config, app.nats_url, _client_target(args.listen, app.port), token)
+        return WatchdogWorker(config, app.nats_url, _companion_target(app, args), token)
 
     return make
 
@@ -326,7 +404,13 @@ def _adapter_companions(args, demo) -> list:
         )
     except AdapterConfigError as exc:
         raise CommandError(str(exc)) from None
-    return [lambda app, make=make: make(_client_target(args.listen, app.port)) for make in makers]
+    return [lambda app, make=make: make(_companion_target(app, args)) for make in makers]
+
+
+def _companion_target(app, args) -> str:
+    """Where a companion of ``pretrade up`` calls this gateway: its port, or, when the port
+    has TLS, the plaintext companion socket (they have no certificates of their own)."""
+    return app.companion_target or _client_target(args.listen, app.port)
 
 
 def _run_gateway(args, nats_url: str | None, tokens_path: str, demo, companions=()) -> int:
@@ -337,7 +421,11 @@ def _run_gateway(args, nats_url: str | None, tokens_path: str, demo, companions=
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = GatewayApp(_gateway_config(args, nats_url, tokens_path))
+    from gateway.server import server_credentials
+
+    config = _gateway_config(args, nats_url, tokens_path)
+    server_credentials(config)  # a bad TLS file fails now, before anything starts
+    app = GatewayApp(config)
     uvloop.run(app.run(on_started=lambda: _announce(app, args, demo), companions=companions))
     return EXIT_OK
 
@@ -419,7 +507,7 @@ def _cmd_check(args) -> int:
         client_order_id=args.client_order_id,
         request_id=args.request_id,
     )
-    with GatewayClient(args.target, token, args.timeout) as client:
+    with GatewayClient(args.target, token, args.timeout, credentials=client_credentials(args)) as client:
         if args.reference_price is not None:
             price = make_reference_price(args.symbol, args.reference_price)
             if client.update_reference_prices([price]).unknown_symbols:
@@ -496,6 +584,7 @@ def _cmd_token_new(args) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are a user-facing condition (reported as their message)."""
     from clients.errors import GatewayError
+    from clients.tls import TlsFileError
     from fastpath.engine import KernelNotBuiltError
     from fastpath.errors import RulesError
     from gateway.auth import InvalidRolesError, TokenFileError
@@ -520,6 +609,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ListenError,
         InvalidSubjectTokenError,
         KernelNotBuiltError,
+        TlsFileError,
         *ledger_known_errors(),
     )
 

@@ -38,6 +38,9 @@ DEFAULT_PUBLISH_FLUSH_TIMEOUT_S = 5.0
 #: it (the gateway keeps retrying in the background and stays NOT_SERVING meanwhile).
 DEFAULT_NATS_CONNECT_TIMEOUT_S = 10.0
 
+#: Longest Unix socket path the kernel takes (sun_path is 108 bytes with the NUL).
+MAX_UNIX_SOCKET_PATH = 107
+
 OUTBOX_SUBDIR = "outbox"
 #: The file in a data directory that names the gateway id it belongs to (one line).
 GATEWAY_ID_FILE = "gateway-id"
@@ -127,9 +130,31 @@ class GatewayConfig:
     #: Run the ledger ingest worker in this process and serve LedgerService on this port
     #: (``pretrade up``; at production order rates run ``pretrade ledger run`` apart).
     host_ledger: bool = False
+    #: TLS on the gRPC port: the server's certificate chain and its private key (PEM, both
+    #: or neither; neither = plaintext, for localhost only). With ``tls_client_ca_path``
+    #: every client must present a certificate signed by that CA (mutual TLS).
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_client_ca_path: str | None = None
+    #: A Unix socket (path) also served, in plaintext, for the companions ``pretrade up``
+    #: runs in this process when the port has TLS (they have no client certificate). Made
+    #: mode 0600: only this user can connect; calls still need a token.
+    companion_socket: str | None = None
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            given, missing = (
+                ("--tls-cert", "--tls-key") if self.tls_key_path is None else ("--tls-key", "--tls-cert")
+            )
+            raise ConfigError(f"{given}: needs {missing} too (TLS takes a certificate and its key)")
+        if self.tls_client_ca_path is not None and self.tls_cert_path is None:
+            raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        if self.companion_socket is not None and len(self.companion_socket.encode()) > MAX_UNIX_SOCKET_PATH:
+            raise ConfigError(
+                f"companion socket {self.companion_socket}: path longer than {MAX_UNIX_SOCKET_PATH} bytes "
+                "(use a shorter --data-dir)"
+            )
         if self.metrics_listen is not None:
             parse_host_port(self.metrics_listen, "--metrics-listen")
         try:
@@ -139,6 +164,11 @@ class GatewayConfig:
         for name in _POSITIVE_SETTINGS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0 (got {getattr(self, name)})")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port serves TLS."""
+        return self.tls_cert_path is not None
 
     @property
     def outbox_path(self) -> Path:

@@ -5,10 +5,17 @@ style) so that tests can bind port 0 and the application decides when to start a
 Health (``grpc.health.v1``) and reflection are registered here and need no token; health
 is NOT_SERVING until the application says the gateway is ready (rules loaded, NATS
 connected, see :mod:`gateway.app`).
+
+The port is plaintext unless the configuration names a certificate and key
+(``--tls-cert``/``--tls-key``); then it serves TLS only, and with ``--tls-client-ca`` it
+requires a client certificate signed by that CA (mutual TLS). Health and reflection are
+on the same port, so they follow the same rule.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +23,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from clients.tls import TlsFileError, read_certificates, read_key_pair
 from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, TokenStore
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.servicer import AdminServicer, GatewayServicer
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc
@@ -41,6 +49,26 @@ class HostedService:
 
 class ListenError(OSError):
     """The gateway cannot bind its listen address (in use, or not a local address)."""
+
+
+def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
+    """The TLS credentials of ``config`` (None: plaintext). The files are read and checked
+    here (PEM certificate, PEM key that belongs to it, PEM client CA): a problem is a
+    :class:`ConfigError` naming the flag and the file."""
+    if not config.tls:
+        return None
+    try:
+        chain, key = read_key_pair(config.tls_cert_path, config.tls_key_path, "--tls-cert", "--tls-key")
+        client_ca = (
+            read_certificates(config.tls_client_ca_path, "--tls-client-ca")
+            if config.tls_client_ca_path is not None
+            else None
+        )
+    except TlsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def serialize_response(response) -> bytes:
@@ -127,10 +155,33 @@ def create_server(
         ),
         server,
     )
+    credentials = server_credentials(config)
     try:
-        port = server.add_insecure_port(config.listen)
+        if credentials is not None:
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:
         raise ListenError(
             f"--listen {config.listen}: cannot bind (address in use or not local): {exc}"
         ) from None
+    if config.companion_socket is not None:
+        _add_companion_socket(server, config.companion_socket)
     return server, port
+
+
+def _add_companion_socket(server: grpc.aio.Server, path: str) -> None:
+    """Serve ``path`` (a Unix socket, plaintext) for in-process companions; only this
+    user may connect to it (mode 0600, set before the server starts accepting)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a socket left by a process that was killed
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ListenError(f"companion socket {path}: cannot remove the old one: {exc}") from None
+    try:
+        server.add_insecure_port(f"unix:{path}")
+        os.chmod(path, 0o600)
+    except (RuntimeError, OSError) as exc:
+        raise ListenError(f"companion socket {path}: cannot bind: {exc}") from None

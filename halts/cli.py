@@ -10,7 +10,8 @@
     pretrade override --account A [--symbol S] | --strategy S
                       (--set KEY=VALUE ... | --throttle FACTOR) --minutes N --reason R
 
-Each talks to ``HaltService`` on ``--target`` with ``--token`` (or ``$PRETRADE_TOKEN``).
+Each talks to ``HaltService`` on ``--target`` with ``--token`` (or ``$PRETRADE_TOKEN``), over
+TLS with ``--tls-ca`` (and ``--tls-client-cert/--tls-client-key`` for mutual TLS).
 :func:`register` adds them to the ``pretrade`` parser; call it from ``gateway.cli``'s
 ``build_parser`` (imported there lazily, like everything else, since this module imports
 ``gateway.cli``). Failures raise ``gateway.cli.CommandError``: one line, exit code 2.
@@ -29,7 +30,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
 from fastpath.codes import Scope, TradingState
-from gateway.cli import EXIT_OK, TOKEN_ENV_VAR, CommandError
+from gateway.cli import EXIT_OK, TOKEN_ENV_VAR, CommandError, add_client_tls_options, client_credentials
 from gateway.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 from halts.model import scope_from_proto, scope_label, scope_to_proto, state_from_proto, state_to_proto
 from pretrade.v1 import halts_pb2, halts_pb2_grpc
@@ -123,6 +124,7 @@ def shared_options() -> argparse.ArgumentParser:
     )
     common.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV_VAR})")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    add_client_tls_options(common)
     return common
 
 
@@ -268,6 +270,9 @@ def _metadata(args) -> tuple[tuple[str, str], ...]:
 
 
 def _channel(args) -> grpc.Channel:
+    credentials = client_credentials(args)
+    if credentials is not None:
+        return grpc.secure_channel(args.target, credentials)
     return grpc.insecure_channel(args.target)
 
 

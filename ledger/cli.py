@@ -84,6 +84,9 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--target", help="ask the LedgerService at this address instead of reading --data-dir")
     common.add_argument("--token", help=f"bearer token for --target (default: ${TOKEN_ENV_VAR})")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    from gateway.cli import add_client_tls_options  # --tls-ca etc., for --target
+
+    add_client_tls_options(common)
     return common
 
 
@@ -184,7 +187,7 @@ def _open_reader(args):
 class _RemoteLedger:
     """LedgerService over gRPC, every failure a ``clients.errors`` exception."""
 
-    def __init__(self, target: str, token: str | None) -> None:
+    def __init__(self, target: str, token: str | None, credentials=None) -> None:
         import grpc
 
         from clients.sync_client import auth_metadata
@@ -193,7 +196,10 @@ class _RemoteLedger:
         token = token or os.environ.get(TOKEN_ENV_VAR)
         if not token:
             raise LedgerCommandError(f"--target needs a token: pass --token or set {TOKEN_ENV_VAR}")
-        self._channel = grpc.insecure_channel(target)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
         self._metadata = auth_metadata(token)
 
@@ -209,6 +215,16 @@ class _RemoteLedger:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _credentials(args):
+    """TLS credentials of the ``--tls-*`` flags for ``--target`` (None: plaintext)."""
+    from gateway.cli import CommandError, client_credentials
+
+    try:
+        return client_credentials(args)
+    except CommandError as exc:
+        raise LedgerCommandError(str(exc)) from None
 
 
 # --- run / keygen ------------------------------------------------------------------------------
@@ -417,7 +433,7 @@ def _cmd_proof(args) -> int:
     from pretrade.v1 import ledger_pb2
 
     if args.target:
-        remote = _RemoteLedger(args.target, args.token)
+        remote = _RemoteLedger(args.target, args.token, _credentials(args))
         try:
             entry = remote.call("GetEntry", ledger_pb2.GetEntryRequest(index=args.seq)).entry
             response = remote.call(
@@ -473,7 +489,7 @@ def _cmd_explain(args) -> int:
     if args.target:
         if args.trace_id is not None:
             raise LedgerCommandError("--trace-id reads the ledger locally: drop --target")
-        remote = _RemoteLedger(args.target, args.token)
+        remote = _RemoteLedger(args.target, args.token, _credentials(args))
         try:
             request = ledger_pb2.ExplainOrderRequest(account=args.account, client_order_id=args.client_order_id)
             explanations = [remote.call("ExplainOrder", request).explanation]
@@ -624,11 +640,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is the whole story (reported as one line); for the
     ``pretrade`` CLI's own table too."""
     from clients.errors import GatewayError
+    from clients.tls import TlsFileError
     from gateway.auth import TokenFileError
     from gateway.server import ListenError
     from ledger.errors import LedgerError
 
-    return (LedgerCommandError, LedgerError, GatewayError, TokenFileError, ListenError)
+    return (LedgerCommandError, LedgerError, GatewayError, TokenFileError, ListenError, TlsFileError)
 
 
 def main(argv: list[str] | None = None) -> int:

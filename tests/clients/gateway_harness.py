@@ -137,9 +137,12 @@ class RunningGateway:
     app: GatewayApp
     target: str
     tokens: dict[str, str]  # demo principal name -> token: trader, alice, bob (operators), admin
+    #: Channel credentials of the harness's own clients (a TLS gateway), None: plaintext.
+    credentials: object = None
 
     def client(self, principal: str | None = "trader", **options) -> AsyncGatewayClient:
         token = self.tokens[principal] if principal is not None else None
+        options.setdefault("credentials", self.credentials)
         return AsyncGatewayClient(self.target, token, **options)
 
     async def set_reference_prices(self, symbols=("AAPL", "LOTS", "HTB"), stale=("FAST",)) -> None:
@@ -182,9 +185,11 @@ async def running_gateway(
     *,
     nats_url: str | None = None,
     wait_ready: bool = True,
+    credentials=None,
     **overrides,
 ):
-    """A started gateway (embedded nats-server in ``data_dir`` unless ``nats_url``)."""
+    """A started gateway (embedded nats-server in ``data_dir`` unless ``nats_url``);
+    ``credentials``: what its clients use (a gateway with ``tls_cert_path`` overrides)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if rules_path is None:
         rules_path = write_rules(data_dir)
@@ -197,7 +202,7 @@ async def running_gateway(
     try:
         if wait_ready:
             assert await app.wait_ready(READY_TIMEOUT_S), "gateway did not connect to NATS"
-        yield RunningGateway(app, f"127.0.0.1:{app.port}", demo.tokens)
+        yield RunningGateway(app, f"127.0.0.1:{app.port}", demo.tokens, credentials)
     finally:
         await asyncio.wait_for(app.stop(), STOP_TIMEOUT_S)
 

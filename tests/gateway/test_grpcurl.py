@@ -56,3 +56,24 @@ async def test_grpcurl_lists_the_services_and_checks_an_order(tmp_path, nats_ser
 
         code, out, err = await _grpcurl("-plaintext", "-d", json.dumps(order), gateway.target, method)
         assert code != 0 and "Unauthenticated" in err
+
+
+async def test_grpcurl_lists_and_checks_health_over_mutual_tls(tmp_path):
+    from clients import tls_credentials
+    from tests.gateway.tls_material import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    credentials = tls_credentials(str(tls.ca), str(tls.client_cert), str(tls.client_key))
+    async with running_gateway(tmp_path / "gw", credentials=credentials, tls_cert_path=str(tls.server_cert),
+                               tls_key_path=str(tls.server_key), tls_client_ca_path=str(tls.ca)) as gateway:
+        mtls = ("-cacert", str(tls.ca), "-cert", str(tls.client_cert), "-key", str(tls.client_key))
+        code, out, err = await _grpcurl(*mtls, gateway.target, "list")
+        assert code == 0, err
+        assert {"pretrade.v1.GatewayService", "grpc.health.v1.Health"} <= set(out.split())
+        code, out, err = await _grpcurl(*mtls, gateway.target, "grpc.health.v1.Health/Check")
+        assert code == 0, err
+        assert json.loads(out)["status"] == "SERVING"
+        code, out, err = await _grpcurl("-cacert", str(tls.ca), gateway.target, "list")  # no client cert
+        assert code != 0
+        code, out, err = await _grpcurl("-plaintext", gateway.target, "list")
+        assert code != 0
