@@ -595,6 +595,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from gateway.server import ListenError
     from gateway.subjects import InvalidSubjectTokenError
     from ledger.cli import known_errors as ledger_known_errors
+    from watchdogs.config import WatchdogConfigError
+    from watchdogs.scenarios import ScenarioError
 
     return (
         CommandError,
@@ -610,6 +612,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         InvalidSubjectTokenError,
         KernelNotBuiltError,
         TlsFileError,
+        WatchdogConfigError,
+        ScenarioError,
         *ledger_known_errors(),
     )
 

@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 
-from gateway.cli import EXIT_OK, EXIT_REJECTED, CommandError
+from gateway.cli import EXIT_OK, EXIT_REJECTED, CommandError, add_client_tls_options, client_credentials
 
 #: Where ``watchdogs run`` looks for its token when ``--token`` is not given.
 WATCHDOG_TOKEN_ENV_VAR = "PRETRADE_WATCHDOG_TOKEN"
@@ -40,6 +40,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     )
     run.add_argument("--nats-url", help="NATS server URL (default: the gateway's default)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_client_tls_options(run)
     run.set_defaults(handler=_cmd_watchdogs_run)
 
     scenario = subparsers.add_parser("scenario", help="failure scenarios")
@@ -77,6 +78,7 @@ def _cmd_watchdogs_run(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = load_config(args.config)
+    credentials = client_credentials(args)
     token = args.token or os.environ.get(WATCHDOG_TOKEN_ENV_VAR)
     if not token:
         logging.getLogger(__name__).warning(
@@ -84,7 +86,9 @@ def _cmd_watchdogs_run(args) -> int:
         )
 
     async def run() -> None:
-        worker = WatchdogWorker(config, args.nats_url or DEFAULT_NATS_URL, args.target, token)
+        worker = WatchdogWorker(
+            config, args.nats_url or DEFAULT_NATS_URL, args.target, token, credentials=credentials
+        )
         await worker.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -286,8 +286,14 @@ class HaltRequester:
     """Turns a finding's action into a HaltService request, as the watchdog principal."""
 
     def __init__(self, target: str, token: str, metrics: WatchdogMetrics,
-                 timeout_s: float = DEFAULT_HALT_CALL_TIMEOUT_S) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+                 timeout_s: float = DEFAULT_HALT_CALL_TIMEOUT_S,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """``credentials``: TLS to the gateway (``clients.tls_credentials``); None: plaintext."""
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
         self._stub = halts_pb2_grpc.HaltServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._metrics = metrics
@@ -406,7 +412,8 @@ class WebhookSender:
 
 class WatchdogWorker:
     """The running worker. ``gateway_target``/``token`` may be None: findings are then
-    alerts and webhooks only (no halt requests)."""
+    alerts and webhooks only (no halt requests). ``credentials`` make the halt requests
+    go over TLS (a gateway started with ``--tls-cert``)."""
 
     def __init__(
         self,
@@ -416,8 +423,10 @@ class WatchdogWorker:
         token: str | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.config = config
+        self._credentials = credentials
         self._nats_url = nats_url
         self.metrics = WatchdogMetrics(registry)
         self._common = {spec.kind: spec.common for spec in config.watchdogs}
@@ -449,7 +458,9 @@ class WatchdogWorker:
     async def _start(self) -> None:
         self.started_ns = time.time_ns()
         if self._gateway_target and self._token:
-            self._halts = HaltRequester(self._gateway_target, self._token, self.metrics)
+            self._halts = HaltRequester(
+                self._gateway_target, self._token, self.metrics, credentials=self._credentials
+            )
         nc = NatsClient()
         await nc.connect(
             servers=[self._nats_url], name=f"pretrade-watchdogs-{self.config.worker_id}",

@@ -37,8 +37,12 @@ from tests.gateway.test_cli import (
     run,
 )
 from tests.gateway.tls_material import make_tls_files
+from watchdogs.core import Action, Finding, ScopeKind, Target
+from watchdogs.worker import HaltRequester, WatchdogMetrics
 
 pytestmark = pytest.mark.timeout(90)
+
+EXAMPLE_WATCHDOGS = EXAMPLE_RULES.parent / "watchdogs.toml"
 
 #: Long enough that a refusal shows as UNAVAILABLE, not as a deadline on a slow machine.
 REFUSAL_TIMEOUT_S = 20.0
@@ -162,6 +166,9 @@ def test_tls_flag_errors_are_one_line_naming_flag_and_file(capsys, tmp_path, tls
         (["check", "--token", "t", "--account", "A", "--symbol", "S", "--side", "buy", "--qty", "1",
           "--tls-ca", str(tls_files.ca), "--tls-client-cert", str(tls_files.client_cert),
           "--tls-client-key", str(tls_files.server_key)], ["--tls-client-key", "does not match"]),
+        (["watchdogs", "run", "--config", str(EXAMPLE_WATCHDOGS), "--tls-ca", str(tmp_path / "ca-missing.pem")],
+         ["--tls-ca", "ca-missing.pem", "cannot read"]),
+        (["watchdogs", "run", "--config", str(tmp_path / "missing.toml")], ["missing.toml", "cannot read"]),
     ]
     for argv, words in cases:
         code, _, err = run(capsys, *argv)
@@ -239,3 +246,36 @@ def test_up_with_mutual_tls_and_check_with_tls_flags(tmp_path, capsys, tls_files
     assert exit_code == EXIT_OK, stderr
     assert "Traceback" not in stderr
     assert not (data_dir / "gateway.sock").exists()
+
+
+async def test_a_watchdog_asks_a_mutual_tls_gateway_for_a_halt(tmp_path, tls_files):
+    """``pretrade watchdogs run --tls-ca ...`` on its own host: the worker's halt requests go
+    over mutual TLS (``HaltRequester(credentials=...)``), and the halt is in force."""
+    with_cert = tls_credentials(str(tls_files.ca), str(tls_files.client_cert), str(tls_files.client_key))
+    async with running_gateway(tmp_path / "gw", credentials=with_cert, tls_cert_path=str(tls_files.server_cert),
+                               tls_key_path=str(tls_files.server_key), tls_client_ca_path=str(tls_files.ca),
+                               host_halt_manager=True) as gateway:
+        await gateway.set_reference_prices()
+        finding = Finding(watchdog="order_rate", target=Target(ScopeKind.SYMBOL, "AAPL"), action=Action.HALT,
+                          observed=2.0, limit=1.0, message="test", event_ns=1, breach_started_ns=1, consecutive=1)
+        plaintext = HaltRequester(gateway.target, gateway.tokens["watchdog:default"], WatchdogMetrics(), 5.0)
+        secure = HaltRequester(gateway.target, gateway.tokens["watchdog:default"], WatchdogMetrics(), 5.0,
+                               credentials=with_cert)
+        try:
+            assert await plaintext.act(finding, "0.5", 60) == "unavailable"
+            assert await secure.act(finding, "0.5", 60) == "ok"
+        finally:
+            await plaintext.close()
+            await secure.close()
+        async with gateway.client("trader") as trader:
+            await wait_until_halted(trader)
+
+
+async def wait_until_halted(trader, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        decision = await trader.check_order(_order(f"after-halt-{asyncio.get_running_loop().time()}"))
+        if [failure.code for failure in decision.failures] == ["TRADING_HALTED"]:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"no halt in force: {decision}"
+        await asyncio.sleep(0.05)
