@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.config import DEFAULT_NATS_URL
 
     common = _common_options()
-    # Commands that do not call the gateway with the --tls-* client flags (up/serve serve
-    # TLS with --tls-cert; the watchdog worker and the adapters connect in plaintext for now).
+    # Commands without the shared --tls-* client flags: up/serve serve TLS themselves
+    # (--tls-cert), rules/token never call the gateway, `watchdogs run` adds the client flags
+    # itself, and `fix run`/`mt5 run` cannot reach a TLS gateway (docs/api.md says so).
     local = _common_options(client_tls=False)
     parser = _Parser(prog="pretrade", description="Low-latency pre-trade risk gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -657,4 +658,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m gateway.cli`: run the imported module's main, not this __main__ copy's, so
+    # that the subcommand modules (which import gateway.cli) raise the CommandError main
+    # catches as a one-line error.
+    from gateway.cli import main as module_main
+
+    sys.exit(module_main())

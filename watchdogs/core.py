@@ -15,6 +15,7 @@ time for that key.
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Hashable
@@ -191,7 +192,7 @@ class CommonSettings:
     throttle_duration_s: int = 900
 
 
-class Watchdog:
+class Watchdog(abc.ABC):
     """Base class: subclasses set ``kind``, ``inputs``, ``default_action``, ``Params`` (a
     dataclass of their parameters with defaults) and implement :meth:`observe`.
 
@@ -227,8 +228,9 @@ class Watchdog:
     def params_for(self, target: Target) -> Any:
         return self.scoped_params.get(target, self.params)
 
-    def observe(self, event: Event) -> list[Finding]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def observe(self, event: Event) -> list[Finding]:
+        """The findings one event leads to (usually none)."""
 
     def _judge(
         self, target: Target, breached: bool, event_ns: int, observed: float, limit: float, message: str
@@ -331,9 +333,9 @@ class WindowedWatchdog(Watchdog):
         window.add(time_ns, value)
         return self.judge_window(target, params, window, time_ns)
 
+    @abc.abstractmethod
     def judge_window(
         self, target: Target, params: Any, window: EventTimeWindow, time_ns: int
-    ) -> list[Finding]:  # pragma: no cover - interface
+    ) -> list[Finding]:
         """The findings of the target's window just after a value was added (``params`` are
         the target's own); usually one :meth:`_judge` call."""
-        raise NotImplementedError

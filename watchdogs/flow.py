@@ -8,6 +8,7 @@ a halt, not the risk decision itself (that stays fixed-point in the kernel).
 
 from __future__ import annotations
 
+import abc
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -147,8 +148,9 @@ class _FillWatchdog(Watchdog):
             findings += self.observe_fill(order, fill)
         return findings
 
-    def observe_fill(self, order: types_pb2.Order, fill: Event) -> list[Finding]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def observe_fill(self, order: types_pb2.Order, fill: Event) -> list[Finding]:
+        """The findings of one fill joined with the order it fills."""
 
 
 class OrderRateWatchdog(_DecisionWindowWatchdog):

@@ -8,6 +8,7 @@ name are the scope a finding applies to.
 
 from __future__ import annotations
 
+import abc
 import math
 import statistics
 from collections import deque
@@ -84,8 +85,9 @@ class _MetricWatchdog(Watchdog):
             return []
         return self.observe_metric(target, metric, event.time_ns)
 
-    def observe_metric(self, target: Target, metric, time_ns: int) -> list[Finding]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def observe_metric(self, target: Target, metric, time_ns: int) -> list[Finding]:
+        """The findings of one finite value of a watched metric for ``target``."""
 
 
 class _BaselineZScoreWatchdog(_MetricWatchdog):
@@ -118,11 +120,9 @@ class _BaselineZScoreWatchdog(_MetricWatchdog):
             return []
         return self.judge_z(target, metric.value, mean, (metric.value - mean) / sigma, time_ns)
 
-    def judge_z(
-        self, target: Target, value: float, mean: float, z: float, time_ns: int
-    ) -> list[Finding]:  # pragma: no cover - interface
+    @abc.abstractmethod
+    def judge_z(self, target: Target, value: float, mean: float, z: float, time_ns: int) -> list[Finding]:
         """The findings of one live ``value`` of the target, ``z`` sigma from its ``mean``."""
-        raise NotImplementedError
 
 
 class PredictiveHealthWatchdog(_BaselineZScoreWatchdog):

@@ -21,7 +21,10 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
 
 
 def cmd_run(args) -> int:
+    """Errors are :class:`gateway.cli.CommandError`: ``pretrade`` prints them as one line."""
     import asyncio
+
+    from gateway.cli import EXIT_OK, CommandError
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -29,27 +32,20 @@ def cmd_run(args) -> int:
     try:
         from clients.adapters.fix.adapter import FixAdapter
     except ImportError:
-        print("pretrade fix: error: the quickfix package is missing: pip install 'pretrade[fix]'", file=sys.stderr)
-        return 2
+        raise CommandError("the quickfix package is missing: pip install 'pretrade[fix]'") from None
+    from clients.adapters.fix.book import OrderBookError
     from clients.adapters.fix.config import FixConfigError, load_fix_config
 
     try:
         config = load_fix_config(args.config, getattr(args, "data_dir", None))
     except FixConfigError as exc:
-        print(f"pretrade fix: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     if getattr(args, "token", None):
         config.token = args.token
     if not config.token:
-        print("pretrade fix: error: no token: set gateway.token, --token or $PRETRADE_TOKEN", file=sys.stderr)
-        return 2
-    from clients.adapters.fix.book import OrderBookError
-
+        raise CommandError("no token: set gateway.token, --token or $PRETRADE_TOKEN")
     try:
         asyncio.run(FixAdapter(config).run_forever())
-    except KeyboardInterrupt:
-        return 130
     except OrderBookError as exc:
-        print(f"pretrade fix: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        raise CommandError(str(exc)) from None
+    return EXIT_OK

@@ -43,11 +43,13 @@ def build_config(args):
 
 
 def cmd_run(args) -> int:
+    """Errors are :class:`gateway.cli.CommandError`: ``pretrade`` prints them as one line."""
     import asyncio
 
     from clients.adapters.mt5.bridge import Mt5Bridge
     from clients.adapters.mt5.config import ConfigError
     from clients.adapters.reports import StateFileError
+    from gateway.cli import EXIT_OK, CommandError
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,16 +57,11 @@ def cmd_run(args) -> int:
     try:
         config = build_config(args)
     except ConfigError as exc:
-        print(f"pretrade mt5: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     if not config.token:
-        print("pretrade mt5: error: no token: set bridge.token, --token or $PRETRADE_TOKEN", file=sys.stderr)
-        return 2
+        raise CommandError("no token: set bridge.token, --token or $PRETRADE_TOKEN")
     try:
         asyncio.run(Mt5Bridge(config).run_forever())
-    except KeyboardInterrupt:
-        return 130
     except StateFileError as exc:
-        print(f"pretrade mt5: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        raise CommandError(str(exc)) from None
+    return EXIT_OK
