@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
-from collections.abc import Sequence
 from typing import Callable
 
 import grpc
@@ -29,6 +27,7 @@ from prometheus_client.utils import INF, floatToGoString
 from fastpath.codes import Check
 from gateway.auth import wrap_method_handler
 from gateway.config import parse_host_port
+from gateway.orderpath import DecisionCounters
 
 #: Check latency buckets, in seconds: 1 us .. 10 ms. A pre-trade check lives in microseconds;
 #: anything past the last bucket is an incident, not a distribution.
@@ -46,60 +45,43 @@ class DecisionStats(Collector):
 
     ``pretrade_check_latency_seconds`` (histogram), ``pretrade_decisions_total{verdict}``
     and ``pretrade_check_failures_total{code}``, with the names, buckets and labels
-    prometheus-client's own types would give them.
+    prometheus-client's own types would give them. The counters are a compiled
+    :class:`gateway.orderpath.DecisionCounters` that the order path bumps in C.
 
-    Threading: :meth:`observe` runs on the event loop thread only (one writer); the scrape
-    runs on the HTTP server's thread and reads the counters without a lock. A scrape can
-    therefore see one decision counted in the latency histogram but not yet by verdict,
-    which the next scrape corrects; Prometheus counters tolerate that, and taking a lock
-    per decision is what this class exists to avoid.
+    Threading: the order path counts on the event loop thread only (one writer); the
+    scrape runs on the HTTP server's thread and reads the counters without a lock. A
+    scrape can therefore see one decision counted in the latency histogram but not yet by
+    verdict, which the next scrape corrects; Prometheus counters tolerate that, and taking
+    a lock per decision is what this class exists to avoid.
     """
 
     def __init__(self) -> None:
-        self._bucket_bounds = CHECK_LATENCY_BUCKETS_S
-        #: Decisions per latency bucket (not cumulative); the last one is +Inf.
-        self._bucket_counts = [0] * (len(CHECK_LATENCY_BUCKETS_S) + 1)
-        self._latency_sum_s = 0.0
-        self._accepted = 0
-        self._rejected = 0
-        self._failures_by_code = dict.fromkeys((code.name for code in Check), 0)
-
-    def observe(self, failure_codes: Sequence[str], latency_s: float) -> None:
-        """Count one decided order that took ``latency_s``: accepted when ``failure_codes``
-        (the reason codes of its failed checks) is empty, else rejected."""
-        self._bucket_counts[bisect_left(self._bucket_bounds, latency_s)] += 1
-        self._latency_sum_s += latency_s
-        if not failure_codes:
-            self._accepted += 1
-        else:
-            self._rejected += 1
-            failures_by_code = self._failures_by_code
-            for code in failure_codes:
-                failures_by_code[code] += 1
+        self.counters = DecisionCounters(CHECK_LATENCY_BUCKETS_S, (code.name for code in Check))
 
     def collect(self):
+        counters = self.counters
         cumulative, buckets = 0, []
-        for bound, count in zip((*self._bucket_bounds, INF), self._bucket_counts):
+        for bound, count in zip((*counters.bucket_bounds, INF), counters.bucket_counts()):
             cumulative += count
             buckets.append((floatToGoString(bound), cumulative))
         yield HistogramMetricFamily(
             "pretrade_check_latency_seconds",
             "Time to decide one order: kernel check and decision build.",
             buckets=buckets,
-            sum_value=self._latency_sum_s,
+            sum_value=counters.latency_sum_s,
         )
         decisions = CounterMetricFamily(
             "pretrade_decisions_total", "Decisions by verdict.", labels=["verdict"]
         )
-        decisions.add_metric([VERDICT_ACCEPT], self._accepted)
-        decisions.add_metric([VERDICT_REJECT], self._rejected)
+        decisions.add_metric([VERDICT_ACCEPT], counters.accepted)
+        decisions.add_metric([VERDICT_REJECT], counters.rejected)
         yield decisions
         failures = CounterMetricFamily(
             "pretrade_check_failures_total",
             "Failed checks of rejected orders, by reason code (an order can fail several).",
             labels=["code"],
         )
-        for code, count in self._failures_by_code.items():
+        for code, count in counters.failures_by_code.items():
             failures.add_metric([code], count)
         yield failures
 
@@ -111,8 +93,8 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.decision_stats = DecisionStats()
         self.registry.register(self.decision_stats)
-        #: Record one decided order: ``observe_decision(failure_codes, latency_s)``; on the hot path.
-        self.observe_decision = self.decision_stats.observe
+        #: What the order path counts each decision in (gateway.orderpath).
+        self.decision_counters = self.decision_stats.counters
         self.replays = Counter(
             "pretrade_decision_replays_total",
             "Idempotent retries answered with the original decision.",

@@ -71,6 +71,10 @@ def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
     )
 
 
+#: GatewayService methods whose requests the servicer reads from their bytes.
+ORDER_METHODS = frozenset(("CheckOrder", "CheckOrders", "StreamOrders"))
+
+
 def serialize_response(response) -> bytes:
     """A response as it goes on the wire: bytes the order path framed itself
     (:mod:`gateway.wire`) as they are, a message serialized."""
@@ -91,14 +95,18 @@ class _MethodHandlerCapture:
 
 def add_gateway_service(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
     """Register GatewayService like the generated ``add_GatewayServiceServicer_to_server``
-    (same methods, request deserializers), with :func:`serialize_response` as every
-    method's response serializer: CheckOrder, CheckOrders and StreamOrders answer with
-    bytes gateway.wire framed around the recorded decisions, so nothing is serialized
-    twice."""
+    (same methods), with :func:`serialize_response` as every method's response
+    serializer: CheckOrder, CheckOrders and StreamOrders answer with bytes gateway.wire
+    framed around the recorded decisions, so nothing is serialized twice. Their requests
+    arrive as bytes too (no request deserializer): the servicer reads the orders with
+    gateway.orders."""
     capture = _MethodHandlerCapture()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, capture)
     handlers = {
-        name: handler._replace(response_serializer=serialize_response)
+        name: handler._replace(
+            response_serializer=serialize_response,
+            request_deserializer=None if name in ORDER_METHODS else handler.request_deserializer,
+        )
         for name, handler in capture.method_handlers.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service_name, handlers),))

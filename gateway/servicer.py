@@ -3,16 +3,22 @@
 Hot path of one order (all on the event loop thread, no ``await`` between deciding and
 recording, so nothing can interleave and sequences are assigned in decision order):
 
-    validate the proto -> engine.check -> serialize the Decision (next sequence, gateway
-    id, rules version, timestamps, explained failures; gateway.wire) -> outbox.append ->
-    publisher.notify() -> respond with those same bytes framed into the response
+    read and validate the order from the request bytes (gateway.orders) -> engine.check
+    -> serialize the Decision (next sequence, gateway id, rules version, timestamps,
+    explained failures; gateway.wire) -> outbox.append -> publisher.notify() -> respond
+    with those same bytes framed into the response
+
+The per-order part (from engine.check to publisher.notify) is compiled:
+``gateway.orderpath.OrderPath``, which :class:`OrderGate` extends.
 
 The outbox append happens before the response is returned, so a decision a client has
 seen survives a crash of the gateway (``gateway.outbox``); the publisher copies it to
 JetStream in the background. A decision is serialized once: the client receives byte for
 byte what is published and ledgered. The servicer's order methods therefore return
 serialized responses, which the server registers with a pass-through serializer
-(``gateway.server``).
+(``gateway.server``), and take their requests as bytes. A request the reader cannot
+answer on its fast path is parsed by the protobuf library and explained field by field
+(INVALID_ARGUMENT, ``gateway.validation``).
 
 Fail closed: an exception while deciding one order turns that order into a REJECT with
 reason code INTERNAL_ERROR (still recorded and published); an accepted order whose decision
@@ -48,6 +54,7 @@ from collections.abc import Sequence
 from typing import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fastpath.codes import Check, ExecStatus
 from fastpath.errors import RulesError
@@ -59,9 +66,10 @@ from gateway.config import (
     DEFAULT_MAX_OPEN_STREAMS,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.orderpath import OrderPath, WorkingOrder
+from gateway.orders import OrderReader
 from gateway.validation import RequestValidator, invalid_argument_status
 from gateway.wire import (
-    REPLAYED_SUFFIX,
     check_order_response,
     check_orders_response,
     encode_decision,
@@ -77,7 +85,6 @@ _EXEC_STATUS_TO_PROTO = {
     ExecStatus.OVERFILL: types_pb2.EXECUTION_STATUS_OVERFILL,
     ExecStatus.UNKNOWN_ORDER: types_pb2.EXECUTION_STATUS_UNKNOWN_ORDER,
 }
-VERDICT_ACCEPT = types_pb2.VERDICT_ACCEPT
 VERDICT_REJECT = types_pb2.VERDICT_REJECT
 #: Sequence of a decision that could not be recorded (the decision log failed).
 UNRECORDED_SEQUENCE = 0
@@ -97,26 +104,6 @@ class BoundedMemory(OrderedDict):
         self.move_to_end(key)
         if len(self) > self.capacity:
             self.popitem(last=False)
-
-
-class WorkingOrder:
-    """An accepted order the venue has not finished yet, as the servicer tracks it."""
-
-    __slots__ = ("key", "handle", "remaining_nanos", "stream", "decision_sequence")
-
-    def __init__(
-        self,
-        key: tuple[str, str],
-        handle: int,
-        remaining_nanos: int,
-        stream: OrderStream | None,
-        decision_sequence: int = 0,
-    ):
-        self.key = key
-        self.handle = handle
-        self.remaining_nanos = remaining_nanos
-        self.stream = stream
-        self.decision_sequence = decision_sequence
 
 
 class GatewayEventLog:
@@ -167,8 +154,9 @@ class OrderStream:
             await self._context.write(response)
 
 
-class OrderGate:
-    """Kernel + decision log + the servicer-side state (see the module docstring)."""
+class OrderGate(OrderPath):
+    """Kernel + decision log + the servicer-side state (see the module docstring). The
+    order path itself, :meth:`decide`, is compiled: :class:`gateway.orderpath.OrderPath`."""
 
     def __init__(
         self,
@@ -183,163 +171,21 @@ class OrderGate:
         clock: Callable[[], int] = time.time_ns,
         events: GatewayEventLog | None = None,
     ) -> None:
-        self.engine = engine
-        self.outbox = outbox
-        self.publisher = publisher
-        self.gateway_id = gateway_id
+        super().__init__(engine, outbox, publisher, gateway_id, metrics, clock, BoundedMemory(idempotency_capacity))
         self.events = events
-        self._metrics = metrics
-        self._clock = clock
-        self._next_sequence = outbox.last_sequence + 1
-        self._gateway_id_bytes = gateway_id.encode()
-        self._rules_version: str | None = None
-        self._rules_version_utf8 = b""
-        #: False while the gateway cannot read or follow the halt state: every order is
-        #: then rejected with HALT_STATE_UNAVAILABLE (a halt might be in force). The app
-        #: clears it until its halt follower has loaded the state.
-        self.halt_state_available = True
-        self._replies = BoundedMemory(idempotency_capacity)
         self._applied_executions = BoundedMemory(execution_dedup_capacity)
-        self.working: dict[tuple[str, str], WorkingOrder] = {}
 
-    @property
-    def last_sequence(self) -> int:
-        """Sequence of the last decision recorded."""
-        return self._next_sequence - 1
-
-    # -- orders -----------------------------------------------------------------------------
-    def decide(self, orders: Sequence[types_pb2.Order], stream: OrderStream | None = None) -> list[bytes]:
-        """Decide validated orders in order, record the new decisions, return every decision
-        (replays included) serialized, in request order. The bytes are those recorded in
-        the outbox (and so published and ledgered); the servicer frames them into its
-        responses as they are (:mod:`gateway.wire`)."""
-        received_ns = self._clock()
-        payloads: list[bytes] = []
-        records: list[tuple[int, bytes]] = []
-        remembered: list[tuple[str, str]] = []
-        accepted: list[WorkingOrder] = []
-        observations: list[tuple[tuple[str, ...], float]] = []
-        perf_counter = time.perf_counter
-        for order in orders:
-            started = perf_counter()
-            reply_key = (order.account, order.request_id) if order.request_id else None
-            if reply_key is not None:
-                original = self._replies.get(reply_key)
-                if original is not None:
-                    payloads.append(original + REPLAYED_SUFFIX)
-                    continue
-            sequence = self._next_sequence
-            self._next_sequence = sequence + 1
-            payload, failure_codes, working = self._decide_one(order, sequence, received_ns, stream)
-            payloads.append(payload)
-            records.append((sequence, payload))
-            if working is not None:
-                accepted.append(working)
-            if reply_key is not None:
-                self._replies.remember(reply_key, payload)
-                remembered.append(reply_key)
-            observations.append((failure_codes, perf_counter() - started))
-        if records:
-            try:
-                self.outbox.append(records)
-            except Exception as exc:
-                log.exception("decision log append failed; rejecting %d orders unrecorded", len(records))
-                self._undo_unrecorded(orders, payloads, accepted, remembered, received_ns, exc)
-                return payloads
-            self.publisher.notify()
-        if self._metrics is not None:
-            self._observe(len(orders) - len(observations), observations)
-        return payloads
-
-    def _observe(self, replays: int, observations) -> None:
-        """Metrics of a decided batch, once it is recorded; a metrics failure must not turn
-        recorded decisions into an error response."""
-        try:
-            if replays:
-                self._metrics.replays.inc(replays)
-            observe = self._metrics.observe_decision
-            for failure_codes, latency_s in observations:
-                observe(failure_codes, latency_s)
-        except Exception:
-            log.exception("recording decision metrics failed")
-
-    def _decide_one(self, order, sequence: int, received_ns: int, stream: OrderStream | None):
-        """(serialized decision, codes of the failed checks (empty when accepted), new
-        WorkingOrder or None) of one order. Never raises: a failure anywhere becomes an
-        INTERNAL_ERROR reject."""
-        if not self.halt_state_available:
-            return self._gateway_reject(
-                order, sequence, received_ns, Check.HALT_STATE_UNAVAILABLE, "halt_state=unavailable"
-            )
-        engine = self.engine
-        handle = -1
-        try:
-            decided_ns = self._clock()  # the kernel's "now": rates, staleness and the record agree
-            result = engine.check(
-                order.account,
-                order.symbol,
-                order.strategy,
-                order.side,
-                order.order_type,
-                order.quantity_nanos,
-                order.price_nanos,
-                order.client_order_id,
-                decided_ns,
-            )
-            if result.accepted:
-                handle = result.handle
-                payload = encode_decision(
-                    VERDICT_ACCEPT, [], sequence, self._gateway_id_bytes, self._rules_version_bytes(),
-                    received_ns, decided_ns, order.SerializeToString(), handle,
-                )
-                return payload, (), self._track(order, handle, stream, sequence)
-            failures = engine.failures(result)
-            payload = encode_decision(
-                VERDICT_REJECT,
-                [
-                    types_pb2.CheckFailure(
-                        code=failure.code.name,
-                        limit=failure.limit,
-                        observed=failure.observed,
-                        rule_path=failure.rule_path or "",
-                        detail=failure.detail,
-                    ).SerializeToString()
-                    for failure in failures
-                ],
-                sequence, self._gateway_id_bytes, self._rules_version_bytes(),
-                received_ns, decided_ns, order.SerializeToString(), 0,
-            )
-            return payload, tuple(failure.code.name for failure in failures), None
-        except Exception as exc:
-            log.exception(
-                "order path failed for %s/%s; rejecting with INTERNAL_ERROR",
-                order.account,
-                order.client_order_id,
-            )
-            if handle >= 0:
-                self._release_quietly(handle)
-            return self._gateway_reject(
-                order, sequence, received_ns, Check.INTERNAL_ERROR, f"error={type(exc).__name__}"
-            )
-
+    # -- orders (decide: OrderPath) ---------------------------------------------------------
     def _gateway_reject(self, order, sequence: int, received_ns: int, code: Check, detail: str):
         """(serialized REJECT the gateway decides without the kernel (fail closed), its one
         failure code, None)."""
         payload = encode_decision(
             VERDICT_REJECT,
             [types_pb2.CheckFailure(code=code.name, detail=detail).SerializeToString()],
-            sequence, self._gateway_id_bytes, self._rules_version_bytes(),
-            received_ns, self._clock(), order.SerializeToString(), 0,
+            sequence, self._gateway_id_bytes, self.rules_version_bytes(),
+            received_ns, self._clock(), order.encoded, 0,
         )
         return payload, (code.name,), None
-
-    def _rules_version_bytes(self) -> bytes:
-        """The engine's rules version as UTF-8, encoded once per rules (reload) version."""
-        version = self.engine.version
-        if version is not self._rules_version:
-            self._rules_version = version
-            self._rules_version_utf8 = version.encode()
-        return self._rules_version_utf8
 
     def _undo_unrecorded(self, orders, payloads, accepted, remembered, received_ns: int, exc: BaseException) -> None:
         """The decision log refused a batch: undo its kernel effects and turn every new
@@ -367,17 +213,6 @@ class OrderGate:
             log.exception("could not release kernel handle %d", handle)
 
     # -- working orders ---------------------------------------------------------------------
-    def _track(self, order, handle: int, stream: OrderStream | None, decision_sequence: int) -> WorkingOrder:
-        key = (order.account, order.client_order_id)
-        working = WorkingOrder(key, handle, order.quantity_nanos, stream, decision_sequence)
-        previous = self.working.get(key)
-        if previous is not None:  # the kernel forgot the old id; the venue cannot mean both
-            self._forget(previous)
-        self.working[key] = working
-        if stream is not None:
-            stream.working.add(working)
-        return working
-
     def _forget(self, working: WorkingOrder) -> None:
         if self.working.get(working.key) is working:
             del self.working[working.key]
@@ -535,6 +370,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> None:
         self.gate = gate
         self.validator = validator or RequestValidator()
+        self.reader = OrderReader(self.validator.limits)
         self.max_open_streams = max_open_streams
         self._metrics = metrics
         self._streams: dict[int, OrderStream] = {}
@@ -544,21 +380,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def open_streams(self) -> int:
         return len(self._streams)
 
-    @_guarded
-    async def CheckOrder(self, request, context):  # noqa: N802 (gRPC method name)
-        if violations := self.validator.check_order_violations(request):
+    async def _read_slowly(self, read, message_type, request: bytes, violations_of, context):
+        """The order requests' slow path, when ``read`` (a method of :attr:`reader`) could
+        not answer: parse ``request`` with the protobuf library and end the call with
+        INVALID_ARGUMENT naming every malformed field; a valid request in an encoding the
+        reader leaves to the library (an order in several parts) is read again from its
+        canonical serialization."""
+        try:
+            message = message_type.FromString(request)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {message_type.DESCRIPTOR.full_name}: {exc}"
+            )
+        if violations := violations_of(message):
             await _abort_invalid(context, violations)
-        (decision,) = self.gate.decide((request.order,))
+        result = read(message.SerializeToString())
+        if result is None:  # fail closed; tests/gateway/test_orders.py keeps the two in agreement
+            raise RuntimeError(f"gateway.orders refused a {message_type.DESCRIPTOR.full_name} the validator accepts")
+        return result
+
+    @_guarded
+    async def CheckOrder(self, request: bytes, context):  # noqa: N802 (gRPC method name)
+        read = self.reader.check_order_request
+        order = read(request)
+        if order is None:
+            order = await self._read_slowly(
+                read, gateway_pb2.CheckOrderRequest, request, self.validator.check_order_violations, context
+            )
+        (decision,) = self.gate.decide((order,))
         return check_order_response(decision)
 
-    @_guarded
-    async def CheckOrders(self, request, context):  # noqa: N802
-        if violations := self.validator.order_batch_violations(request.orders):
-            await _abort_invalid(context, violations)
-        return check_orders_response(self.gate.decide(request.orders))
+    def _batch_violations(self, message) -> list:
+        return self.validator.order_batch_violations(message.orders)
 
     @_guarded
-    async def StreamOrders(self, request_iterator, context):  # noqa: N802
+    async def CheckOrders(self, request: bytes, context):  # noqa: N802
+        read = self.reader.check_orders_request
+        orders = read(request)
+        if orders is None:
+            orders = await self._read_slowly(
+                read, gateway_pb2.CheckOrdersRequest, request, self._batch_violations, context
+            )
+        return check_orders_response(self.gate.decide(orders))
+
+    @_guarded
+    async def StreamOrders(self, request_iterator, context):  # noqa: N802 (requests: bytes)
         if len(self._streams) >= self.max_open_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -571,16 +437,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._streams[stream.stream_id] = stream
         if self._metrics is not None:
             self._metrics.open_streams.inc()
+        read = self.reader.stream_orders_request
         try:
             first = True
             async for request in request_iterator:
+                batch = read(request)
+                if batch is None:
+                    batch = await self._read_slowly(
+                        read, gateway_pb2.StreamOrdersRequest, request, self._batch_violations, context
+                    )
                 if first:
-                    stream.cancel_on_disconnect = request.cancel_on_disconnect
+                    stream.cancel_on_disconnect = batch.cancel_on_disconnect
                     first = False
-                if violations := self.validator.order_batch_violations(request.orders):
-                    await _abort_invalid(context, violations)
-                decisions = self.gate.decide(request.orders, stream if stream.cancel_on_disconnect else None)
-                await stream.send(stream_orders_response(request.batch_id, decisions))
+                decisions = self.gate.decide(batch.orders, stream if stream.cancel_on_disconnect else None)
+                await stream.send(stream_orders_response(batch.batch_id, decisions))
         finally:
             del self._streams[stream.stream_id]
             if self._metrics is not None:

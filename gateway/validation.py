@@ -6,8 +6,9 @@ answered with ``INVALID_ARGUMENT`` and a ``google.rpc.BadRequest`` detail naming
 offending field by its path in the request (``orders[3].quantity_nanos``) and why. A
 well-formed order that breaks a rule is an OK response carrying a REJECT decision.
 
-Validation is on the hot path: plain attribute reads and integer comparisons, no
-allocation unless something is wrong.
+Orders are checked against these rules first on the order path, as they are read from
+the request bytes (gateway.orders); the methods here explain what is wrong when that
+finds a malformed order, and validate the other requests.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ MAX_REPORTED_VIOLATIONS = 32
 
 _SIDES = "SIDE_BUY, SIDE_SELL or SIDE_SELL_SHORT"
 _VALID_SIDES = frozenset((types_pb2.SIDE_BUY, types_pb2.SIDE_SELL, types_pb2.SIDE_SELL_SHORT))
-_VALID_ORDER_TYPES = frozenset((types_pb2.ORDER_TYPE_LIMIT, types_pb2.ORDER_TYPE_MARKET))
 _VALID_TIME_IN_FORCE = frozenset(types_pb2.TimeInForce.values())
 _FILL_TYPES = frozenset((types_pb2.EXECUTION_TYPE_PARTIAL_FILL, types_pb2.EXECUTION_TYPE_FILL))
 _VALID_EXECUTION_TYPES = frozenset(types_pb2.ExecutionType.values()) - {types_pb2.EXECUTION_TYPE_UNSPECIFIED}
@@ -107,52 +107,10 @@ class RequestValidator:
         return True
 
     # -- orders ------------------------------------------------------------------------------
-    def order_is_well_formed(self, order: types_pb2.Order) -> bool:
-        """Whether :meth:`order_violations` would find nothing, decided with one read per
-        field and no method calls per field: the hot path of every order.
-        :meth:`explain_order_violations` runs only when this says no (the test suite checks
-        the two agree on generated orders)."""
-        client_order_id, account, symbol = order.client_order_id, order.account, order.symbol
-        strategy, request_id, trace_id = order.strategy, order.request_id, order.trace_id
-        max_name = self.limits.max_name_length
-        if not (client_order_id and account and symbol):
-            return False
-        if (
-            len(client_order_id) > max_name
-            or len(account) > max_name
-            or len(symbol) > max_name
-            or len(strategy) > max_name
-            or len(request_id) > max_name
-            or len(trace_id) > self.limits.max_trace_id_length
-        ):
-            return False
-        if not (
-            client_order_id.isprintable()
-            and account.isprintable()
-            and symbol.isprintable()
-            and strategy.isprintable()
-            and request_id.isprintable()
-            and trace_id.isprintable()
-        ):
-            return False
-        if order.side not in _VALID_SIDES or order.time_in_force not in _VALID_TIME_IN_FORCE:
-            return False
-        if order.quantity_nanos <= 0:
-            return False
-        order_type = order.order_type
-        if order_type == types_pb2.ORDER_TYPE_LIMIT:
-            return order.price_nanos > 0
-        return order_type == types_pb2.ORDER_TYPE_MARKET and order.price_nanos == 0
-
     def order_violations(self, order: types_pb2.Order, prefix: str, out: list[FieldViolation]) -> None:
-        """Append the violations of one order, with field paths under ``prefix``."""
-        if not self.order_is_well_formed(order):
-            self.explain_order_violations(order, prefix, out)
-
-    def explain_order_violations(
-        self, order: types_pb2.Order, prefix: str, out: list[FieldViolation]
-    ) -> None:
-        """Append every violation of one order with what is wrong (the slow path)."""
+        """Append every violation of one order, with field paths under ``prefix`` and what
+        is wrong. (The order path's fast check of the same rules is gateway.orders; this
+        runs when that finds something wrong.)"""
         max_name = self.limits.max_name_length
         self._name(out, prefix, "client_order_id", order.client_order_id, required=True, max_length=max_name)
         self._name(out, prefix, "account", order.account, required=True, max_length=max_name)
@@ -191,13 +149,10 @@ class RequestValidator:
 
     def check_order_violations(self, request: gateway_pb2.CheckOrderRequest) -> list[FieldViolation]:
         out: list[FieldViolation] = []
-        order = request.order  # an absent order reads as an empty one, which is not well formed
-        if self.order_is_well_formed(order):
-            return out
         if not request.HasField("order"):
             out.append(FieldViolation("order", "required"))
         else:
-            self.explain_order_violations(order, "order.", out)
+            self.order_violations(request.order, "order.", out)
         return out
 
     def order_batch_violations(self, orders) -> list[FieldViolation]:

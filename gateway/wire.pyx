@@ -103,6 +103,23 @@ def encode_decision(
     ``gateway_id`` and ``rules_version`` their UTF-8 bytes, ``order`` the serialized
     ``Order``. ``replayed`` is never set here: see :data:`REPLAYED_SUFFIX`.
     """
+    return decision_bytes(
+        verdict, failures, sequence, gateway_id, rules_version, received_ns, decided_ns, order, order_handle
+    )
+
+
+cdef bytes decision_bytes(
+    int verdict,
+    list failures,
+    uint64_t sequence,
+    bytes gateway_id,
+    bytes rules_version,
+    int64_t received_ns,
+    int64_t decided_ns,
+    bytes order,
+    uint64_t order_handle,
+):
+    """:func:`encode_decision` for compiled callers (gateway.orderpath)."""
     cdef Py_ssize_t size = 2 * (1 + MAX_VARINT_BYTES) + 4 * (1 + MAX_VARINT_BYTES)
     cdef bytes failure
     for failure in failures:

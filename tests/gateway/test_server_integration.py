@@ -336,6 +336,41 @@ async def test_malformed_input_is_invalid_argument_naming_the_field(gateway, tra
     assert await read_decisions_from_jetstream(gateway.app.nats_url) == []
 
 
+async def test_requests_in_any_valid_encoding_are_decided_and_malformed_bytes_are_invalid_argument(
+    gateway, trader
+):
+    """The server reads order requests from their bytes (gateway.orders): an order in two
+    parts (protobuf merges them) or with unknown fields is decided like its canonical
+    form, with the known fields echoed; bytes that are not a CheckOrderRequest are
+    INVALID_ARGUMENT."""
+    check_order = trader._channel.unary_unary(
+        "/pretrade.v1.GatewayService/CheckOrder",
+        request_serializer=None,
+        response_deserializer=gateway_pb2.CheckOrderResponse.FromString,
+    )
+    whole = _good_order(client_order_id="parts-1")
+    first = types_pb2.Order(client_order_id="parts-1", account=whole.account, symbol=whole.symbol)
+    rest = types_pb2.Order(side=whole.side, order_type=whole.order_type, quantity_nanos=whole.quantity_nanos,
+                           price_nanos=whole.price_nanos)  # fmt: skip
+    in_two_parts = b"".join(
+        b"\x0a" + bytes([len(part)]) + part for part in (first.SerializeToString(), rest.SerializeToString())
+    )
+    unknown_field = b"\xa8\x06\x01"  # field 101, varint 1
+    second = _good_order(client_order_id="unknown-1", quantity_nanos=2 * whole.quantity_nanos)  # not a duplicate
+    with_unknown_field = gateway_pb2.CheckOrderRequest(
+        order=types_pb2.Order.FromString(second.SerializeToString() + unknown_field)
+    ).SerializeToString()
+    for request, expected in ((in_two_parts, whole), (with_unknown_field, second)):
+        response = await check_order(request, timeout=10, metadata=trader.metadata)
+        assert response.decision.verdict == ACCEPT, response
+        # the known fields, in canonical form: no unknown field echoed
+        assert response.decision.order.SerializeToString() == expected.SerializeToString()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check_order(b"\x0a\x05ab", timeout=10, metadata=trader.metadata)  # truncated
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid pretrade.v1.CheckOrderRequest" in caught.value.details()
+
+
 async def test_a_malformed_stream_batch_ends_the_stream_with_invalid_argument(gateway, trader):
     requests = [gateway_pb2.StreamOrdersRequest(batch_id=1, orders=[_good_order(), _good_order(side=0)])]
     with pytest.raises(InvalidOrder) as caught:

@@ -12,15 +12,23 @@ from fastpath.engine import Engine
 from fastpath.reference import ReferenceKernel
 from fastpath.rules import compile_rules
 from gateway.metrics import GatewayMetrics
+from gateway.orders import OrderReader
 from gateway.outbox import OutboxFullError
 from gateway.servicer import UNRECORDED_SEQUENCE, OrderGate, OrderStream
+from gateway.validation import ValidationLimits
 from pretrade.v1 import types_pb2
 from tests.clients.gateway_harness import CHECKS_RULES
 
 
+READER = OrderReader(ValidationLimits())
+
+
 def decide(gate, orders, stream=None) -> list[types_pb2.Decision]:
-    """``OrderGate.decide`` with its serialized decisions parsed."""
-    return [types_pb2.Decision.FromString(payload) for payload in gate.decide(orders, stream)]
+    """``OrderGate.decide`` of order messages, read as the servicer reads them, with its
+    serialized decisions parsed."""
+    wire_orders = [READER.order(order.SerializeToString()) for order in orders]
+    assert None not in wire_orders, "the test meant to send well-formed orders"
+    return [types_pb2.Decision.FromString(payload) for payload in gate.decide(wire_orders, stream)]
 
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -162,11 +170,16 @@ def test_an_exception_in_the_kernel_rejects_with_internal_error_and_is_recorded(
     assert recorded(outbox) == decisions
 
 
-def test_an_accepted_order_whose_decision_cannot_be_built_is_released(gate, engine, monkeypatch):
-    def fail_tracking(*args):
+class BrokenWorkingOrders(dict):
+    """The gate's table of working orders, failing to take a new one (a bookkeeping bug
+    after the kernel has accepted)."""
+
+    def __setitem__(self, key, value):
         raise ValueError("bookkeeping bug")
 
-    monkeypatch.setattr(gate, "_track", fail_tracking)
+
+def test_an_accepted_order_whose_decision_cannot_be_built_is_released(gate, engine):
+    gate.working = BrokenWorkingOrders()
     (decision,) = decide(gate, [order()])
     assert [f.code for f in decision.failures] == ["INTERNAL_ERROR"]
     assert working_orders(engine) == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 
 import grpc
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
@@ -222,30 +220,3 @@ def test_default_limits_accept_realistic_values():
 
 
 #: Names around the limits of VALIDATOR (8 characters, trace ids 10), non-printable ones, any text.
-_NAMES = st.one_of(
-    st.sampled_from(["", "c1", "ACC1", "x" * 8, "x" * 9, "x" * 11, "tab\there", "é"]), st.text(max_size=12)
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(
-    client_order_id=_NAMES,
-    account=_NAMES,
-    symbol=_NAMES,
-    strategy=_NAMES,
-    request_id=_NAMES,
-    trace_id=_NAMES,
-    side=st.integers(-1, 5), order_type=st.integers(-1, 4), time_in_force=st.integers(-1, 9),
-    quantity_nanos=st.sampled_from([-(10**9), -1, 0, 1, 10**9]),
-    price_nanos=st.sampled_from([-(10**9), -1, 0, 1, 10**9]),
-)
-def test_the_fast_well_formed_check_agrees_with_the_explaining_path(**fields_):
-    order = types_pb2.Order()
-    for name, value in fields_.items():
-        try:
-            setattr(order, name, value)
-        except ValueError:  # an enum value protobuf refuses to hold: not a request we can receive
-            return
-    explained: list[FieldViolation] = []
-    VALIDATOR.explain_order_violations(order, "order.", explained)
-    assert VALIDATOR.order_is_well_formed(order) == (explained == [])

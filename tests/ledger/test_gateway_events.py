@@ -17,13 +17,8 @@ from gateway.servicer import GatewayEventLog, OrderGate, RulesReloader
 from gateway.subjects import EVENTS_STREAM, MSG_ID_HEADER, events_subject
 from pretrade.v1 import ledger_pb2, types_pb2
 from tests.clients.gateway_harness import CHECKS_RULES, write_rules
-from tests.gateway.test_server_unit import PRICE, QTY, Clock, CountingPublisher, order
+from tests.gateway.test_server_unit import PRICE, QTY, Clock, CountingPublisher, decide, order
 from tests.ledger.ingest_harness import connect
-
-
-def decide(gate, orders, stream=None) -> list[types_pb2.Decision]:
-    """``OrderGate.decide`` with its serialized decisions parsed."""
-    return [types_pb2.Decision.FromString(payload) for payload in gate.decide(orders, stream)]
 
 
 GATEWAY_ID = "gwtest"
