@@ -146,11 +146,16 @@ class GatewayApp:
             self._outbox = DecisionOutbox(config.outbox_path)
             self._event_outbox = DecisionOutbox(Path(config.data_dir) / EVENTS_OUTBOX_SUBDIR)
             self._event_publisher = DecisionPublisher(
-                self._event_outbox, config.gateway_id, target=EVENTS_TARGET, on_fatal=self._on_publisher_failed
+                self._event_outbox,
+                config.gateway_id,
+                target=EVENTS_TARGET,
+                linger_s=config.publish_linger_s,
+                on_fatal=self._on_publisher_failed,
             )
             self._publisher = DecisionPublisher(
                 self._outbox,
                 config.gateway_id,
+                linger_s=config.publish_linger_s,
                 metric_hooks=PublisherMetricHooks(
                     decisions_published=self.metrics.decisions_published,
                     publish_failures=self.metrics.publish_failures,

@@ -108,6 +108,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         DEFAULT_MAX_CONCURRENT_RPCS,
         DEFAULT_MAX_OPEN_STREAMS,
         DEFAULT_METRICS_LISTEN,
+        DEFAULT_PUBLISH_LINGER_S,
     )
 
     parser.add_argument("--rules", required=True, help="rules file (TOML)")
@@ -133,6 +134,13 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_OPEN_STREAMS,
         help="open StreamOrders calls before RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--publish-linger-ms",
+        type=float,
+        default=DEFAULT_PUBLISH_LINGER_S * 1000,
+        help="let decisions gather this long before publishing them to JetStream: less CPU per "
+        "decision, later in the ledger and watchdogs; 0 = at once (default: %(default)g)",
     )
     parser.add_argument(
         "--tls-cert",
@@ -263,6 +271,7 @@ def _gateway_config(args, nats_url: str | None, tokens_path: str):
         metrics_listen=None if args.metrics_listen == METRICS_OFF else args.metrics_listen,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_open_streams=args.max_open_streams,
+        publish_linger_s=args.publish_linger_ms / 1000,
         host_halt_manager=getattr(args, "host_halt_manager", False),
         host_ledger=getattr(args, "host_ledger", False),
         tls_cert_path=args.tls_cert,

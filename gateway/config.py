@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.publisher import DEFAULT_PUBLISH_LINGER_S
 from gateway.subjects import InvalidSubjectTokenError, validate_gateway_id
 from gateway.validation import ValidationLimits
 
@@ -34,6 +35,9 @@ DEFAULT_EXECUTION_DEDUP_CAPACITY = 1_000_000
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 #: Seconds the publisher gets at shutdown to hand the outbox to JetStream.
 DEFAULT_PUBLISH_FLUSH_TIMEOUT_S = 5.0
+#: Longest publish linger accepted, seconds: beyond it decisions would reach the ledger and
+#: the watchdogs too late to call it batching.
+MAX_PUBLISH_LINGER_S = 1.0
 #: Seconds a ``pretrade up``/``serve`` waits for the first NATS connection before reporting
 #: it (the gateway keeps retrying in the background and stays NOT_SERVING meanwhile).
 DEFAULT_NATS_CONNECT_TIMEOUT_S = 10.0
@@ -119,6 +123,9 @@ class GatewayConfig:
     execution_dedup_capacity: int = DEFAULT_EXECUTION_DEDUP_CAPACITY
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     publish_flush_timeout_s: float = DEFAULT_PUBLISH_FLUSH_TIMEOUT_S
+    #: How long the publisher lets decisions gather before publishing them (see
+    #: ``gateway.publisher.DEFAULT_PUBLISH_LINGER_S`` for the trade-off), seconds; 0 = at once.
+    publish_linger_s: float = DEFAULT_PUBLISH_LINGER_S
     nats_connect_timeout_s: float = DEFAULT_NATS_CONNECT_TIMEOUT_S
     validation: ValidationLimits = field(default_factory=ValidationLimits)
     #: Keyword arguments for ``fastpath.engine.Engine``: capacities (max_orders,
@@ -161,6 +168,10 @@ class GatewayConfig:
             validate_gateway_id(self.gateway_id)
         except InvalidSubjectTokenError as exc:
             raise ConfigError(f"--gateway-id: {exc}") from None
+        if not 0 <= self.publish_linger_s <= MAX_PUBLISH_LINGER_S:
+            raise ConfigError(
+                f"--publish-linger-ms: must be 0 .. {MAX_PUBLISH_LINGER_S * 1000:.0f} (got {self.publish_linger_s * 1000:g})"
+            )
         for name in _POSITIVE_SETTINGS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0 (got {getattr(self, name)})")

@@ -109,14 +109,16 @@ DEFAULT_MAX_INFLIGHT_BATCHES = 16
 #: Longest a decision sits in the outbox unnoticed if ``notify()`` was not called, seconds.
 DEFAULT_FLUSH_INTERVAL_S = 0.05
 #: Seconds the publisher lets new decisions gather before it publishes them. A publish
-#: cycle (outbox read, socket write, ack handling, outbox removal) costs the event loop
-#: tens of microseconds whatever its size; with sequential CheckOrder calls ~0.5 ms apart,
-#: a 1 ms linger put a cycle beside every other call and added ~100 µs to the p50 round
-#: trip (``bench/bench_gateway.py``), 5 ms puts one beside every ~10th call and leaves the
-#: p50 to the order path. The price: decisions reach JetStream up to 5 ms later, which
-#: the ledger and the watchdogs (event-time, millisecond windows) do not notice. Under a
-#: steady stream the publisher never goes idle and so never lingers.
-DEFAULT_PUBLISH_LINGER_S = 0.005
+#: cycle (outbox read, socket write, nats-server storing and acking, ack handling, outbox
+#: removal) costs ~0.3 ms of gateway CPU and as much of nats-server's on a small VM whatever
+#: its size: mostly the wake-ups of the processes on either side of the loopback socket.
+#: With sequential CheckOrder calls ~0.5 ms apart, a 1 ms linger added ~100 µs to the p50
+#: round trip, 5 ms ~45 µs, 20 ms ~25 µs (``bench/bench_gateway.py``; the rest is the
+#: per-decision cost of publishing). The price: a decision reaches JetStream, and so the
+#: ledger and the watchdogs (event time: what they conclude is the same, only later), up
+#: to this much later. The order path never waits for it, and under a steady stream the
+#: publisher never goes idle and so never lingers. ``pretrade serve --publish-linger-ms``.
+DEFAULT_PUBLISH_LINGER_S = 0.02
 #: A batch whose acks have not all arrived after this long is published again, seconds.
 DEFAULT_ACK_TIMEOUT_S = 5.0
 #: Backoff after a failed batch, doubling from min to max, seconds.
@@ -522,12 +524,18 @@ class DecisionPublisher:
             )
 
     async def _wait_for_work(self) -> None:
+        """Until ``notify()`` (or, at the latest, ``flush_interval_s``: a periodic look at
+        the outbox in case an append was not notified), then the linger. A timer setting
+        the event rather than ``asyncio.wait_for``, which costs a task per cycle."""
         self._wakeup.clear()
         if self._outbox.depth == 0:
+            look = asyncio.get_running_loop().call_later(self._flush_interval_s, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
-            except TimeoutError:
-                return  # periodic look at the outbox, in case an append was not notified
+                await self._wakeup.wait()
+            finally:
+                look.cancel()
+            if self._outbox.depth == 0:
+                return
         if self._linger_s > 0:
             await asyncio.sleep(self._linger_s)
 
@@ -577,10 +585,13 @@ class DecisionPublisher:
     async def _settle(self, batch: _InflightBatch) -> None:
         """Wait for ``batch``'s acks, remove its acked prefix from the outbox, and raise if
         any decision of it was not stored."""
+        # A timer ends the wait after ack_timeout_s (the replies that came are still used
+        # below); cheaper than asyncio.wait_for, which costs a task per batch.
+        timeout = asyncio.get_running_loop().call_later(self._ack_timeout_s, batch.all_replied.set)
         try:
-            await asyncio.wait_for(batch.all_replied.wait(), self._ack_timeout_s)
-        except TimeoutError:
-            pass  # the replies that came are still used below
+            await batch.all_replied.wait()
+        finally:
+            timeout.cancel()
         stored = duplicates = 0
         failure: DecisionPublisherError | None = None
         for reply in batch.replies:

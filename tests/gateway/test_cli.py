@@ -59,6 +59,8 @@ def assert_one_error_line(err: str, *words: str) -> None:
         (("rules", "check", "/nonexistent/rules.toml"), ["/nonexistent/rules.toml", "cannot read"]),
         (("serve", "--rules", "r.toml", "--tokens", "t.toml", "--listen", "nowhere"), ["--listen", "host:port"]),
         (("serve", "--rules", "r.toml", "--tokens", "t.toml", "--gateway-id", "a.b"), ["--gateway-id"]),
+        (("serve", "--rules", "r.toml", "--tokens", "t.toml", "--publish-linger-ms", "-1"), ["--publish-linger-ms"]),
+        (("serve", "--rules", "r.toml", "--tokens", "t.toml", "--publish-linger-ms", "5000"), ["--publish-linger-ms"]),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(capsys, argv, words):
