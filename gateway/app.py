@@ -295,6 +295,9 @@ class GatewayApp:
             on_ready_change=self._on_halt_state_ready,
         )
         await self.halt_follower.start()
+        if self.halt_manager is not None:
+            # A halt through this gateway's HaltService returns once this gateway enforces it.
+            self.halt_manager.wait_applied_locally = self.halt_follower.wait_applied
         await self._on_halt_state_ready(True)
 
     async def _on_halt_state_ready(self, ready: bool) -> None:

@@ -127,6 +127,8 @@ class HaltFollower:
         self._rejected_overrides: set[str] = set()  # ids this gateway's rules refused
         self._seen_kills: set[str] = set()
         self._seen_revision = 0
+        #: Set, then replaced, whenever _seen_revision moves (wakes wait_applied).
+        self._revision_moved = asyncio.Event()
         self._confirmed_at = 0.0
         self._needs_reload = False  # set when the watch delivered something unreadable
         self._reconnects_seen = 0
@@ -240,7 +242,7 @@ class HaltFollower:
         self._overrides = overrides
         self._overrides_changed()
         self._watcher = watcher
-        self._seen_revision = revision
+        self._revision_applied(revision)
         self._confirmed_at = self._monotonic()
         self._needs_reload = False
         self._watch_task = asyncio.create_task(self._watch(watcher), name="halt-follower-watch")
@@ -256,22 +258,53 @@ class HaltFollower:
         async for entry in watcher:
             if entry is None:
                 continue
-            self._seen_revision = max(self._seen_revision, entry.revision)
-            kind = key_kind(entry.key)
             try:
-                if kind == STATE_KEY_PREFIX:
-                    record = None if is_removal(entry) else decode_record(entry.key, entry.value)
-                    self._apply_state(entry.key, record, replay_kill=True)
-                elif kind == OVERRIDE_KEY_PREFIX:
-                    if is_removal(entry):
-                        self._overrides.pop(entry.key, None)
-                    else:
-                        self._overrides[entry.key] = decode_record(entry.key, entry.value)
-                    self._overrides_changed()
-            except CorruptRecordError as exc:
-                log.error("halt state unreadable, failing closed until it is fixed: %s", exc)
-                self._set_ready(False)
-                self._needs_reload = True
+                self._apply_entry(entry)
+            finally:
+                self._revision_applied(max(self._seen_revision, entry.revision))
+
+    def _apply_entry(self, entry) -> None:
+        kind = key_kind(entry.key)
+        try:
+            if kind == STATE_KEY_PREFIX:
+                record = None if is_removal(entry) else decode_record(entry.key, entry.value)
+                self._apply_state(entry.key, record, replay_kill=True)
+            elif kind == OVERRIDE_KEY_PREFIX:
+                if is_removal(entry):
+                    self._overrides.pop(entry.key, None)
+                else:
+                    self._overrides[entry.key] = decode_record(entry.key, entry.value)
+                self._overrides_changed()
+        except CorruptRecordError as exc:
+            log.error("halt state unreadable, failing closed until it is fixed: %s", exc)
+            self._set_ready(False)
+            self._needs_reload = True
+
+    def _revision_applied(self, revision: int) -> None:
+        """The bucket is applied through ``revision`` (lower only after a reload found a
+        recreated bucket): record it and wake :meth:`wait_applied`."""
+        self._seen_revision = revision
+        self._revision_moved.set()
+        self._revision_moved = asyncio.Event()
+
+    async def wait_applied(self, revision: int, timeout_s: float) -> bool:
+        """Wait until this follower has applied the bucket through ``revision``; False if
+        that took longer than ``timeout_s``. A halt manager in the same process waits on it
+        after each write, so that its RPC returns once its own gateway enforces the change
+        (``HaltManager.wait_applied_locally``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._seen_revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            moved = self._revision_moved
+            timer = loop.call_later(remaining, moved.set)
+            try:
+                await moved.wait()
+            finally:
+                timer.cancel()
+        return True
 
     async def _stop_watcher(self) -> None:
         if self._watch_task is not None:

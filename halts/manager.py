@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -97,6 +97,8 @@ DEFAULT_DECIDED_REQUEST_RETENTION_S = 7 * 86_400
 DEFAULT_WATCH_QUEUE_EVENTS = 1_024
 #: Events kept for re-publishing while the events stream cannot be reached.
 DEFAULT_UNPUBLISHED_EVENTS_MAX = 10_000
+#: Longest a state change waits for the hosting gateway's follower to apply it, seconds.
+DEFAULT_LOCAL_APPLY_TIMEOUT_S = 1.0
 #: The actor of events the manager causes by itself (expiries).
 MANAGER_ACTOR = "halt-manager"
 
@@ -198,6 +200,11 @@ class HaltManager:
             maxlen=DEFAULT_UNPUBLISHED_EVENTS_MAX
         )
         self._sweeper: asyncio.Task | None = None
+        #: Set by a gateway that hosts this manager to its halt follower's ``wait_applied``:
+        #: every state change then returns only once that gateway enforces it (bounded by
+        #: DEFAULT_LOCAL_APPLY_TIMEOUT_S). Other gateways follow on their own, within their
+        #: watch's delivery time (docs/halts.md).
+        self.wait_applied_locally: Callable[[int, float], Awaitable[bool]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -267,10 +274,11 @@ class HaltManager:
                 cancel_all=cancel_all,
             )
             try:
-                await self.store.write_state(halt, _revision(current))
+                revision = await self.store.write_state(halt, _revision(current))
             except RevisionConflictError:
                 await _backoff()
                 continue
+            await self._applied_locally(revision)
             event = self._state_event(
                 halts_pb2.HALT_EVENT_TYPE_KILL if cancel_all else halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED,
                 operator.name,
@@ -290,6 +298,18 @@ class HaltManager:
             )
             return halt, previous
         raise self._contended(scope_label(scope, name))
+
+    async def _applied_locally(self, revision: int) -> None:
+        """Wait (bounded) for the hosting gateway to enforce a state write; see
+        :attr:`wait_applied_locally`. A follower that lags past the bound is logged, not
+        fatal: the write stands and the follower applies it when its watch delivers it."""
+        wait = self.wait_applied_locally
+        if wait is not None and not await wait(revision, DEFAULT_LOCAL_APPLY_TIMEOUT_S):
+            log.warning(
+                "halt state revision %d not applied by this gateway within %.1f s; returning anyway",
+                revision,
+                DEFAULT_LOCAL_APPLY_TIMEOUT_S,
+            )
 
     async def _state_to_tighten(self, scope: Scope, name: str) -> Versioned[halts_pb2.HaltState] | None:
         """The scope's state, or for a corrupt value a stand-in that is HALTED at the corrupt
@@ -371,10 +391,11 @@ class HaltManager:
                 reset=halts_pb2.ResetPolicy(resume_to=state_to_proto(TradingState.ACTIVE)),
             )
             try:
-                await self.store.write_state(halt, current.revision)
+                revision = await self.store.write_state(halt, current.revision)
             except RevisionConflictError:
                 await _backoff()
                 continue
+            await self._applied_locally(revision)
             await self._publish(
                 self._state_event(halts_pb2.HALT_EVENT_TYPE_STATE_CHANGED, operator.name, halt, previous)
             )
@@ -450,10 +471,11 @@ class HaltManager:
             reset=halts_pb2.ResetPolicy(resume_to=state_to_proto(TradingState.ACTIVE)),
         )
         try:
-            await self.store.write_state(halt, current.revision)
+            revision = await self.store.write_state(halt, current.revision)
         except RevisionConflictError:
             # The scope changed between our read and our write: the approval is void.
             await self._supersede(decided, now)
+        await self._applied_locally(revision)
         previous = _state_of(current)
         await self._publish(
             self._request_event(

@@ -98,10 +98,13 @@ def make_engine() -> Engine:
 
 class TcpProxy:
     """A loopback TCP proxy to a port that a test can cut (close every connection and
-    refuse new ones) and restore: one client's network outage while others stay up."""
+    refuse new ones) and restore: one client's network outage while others stay up. With
+    ``delay_s`` everything the server sends reaches the client that much later (a slow
+    link), in order."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, delay_s: float = 0.0) -> None:
         self._target_port = target_port
+        self._delay_s = delay_s
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._open = asyncio.Event()
@@ -141,14 +144,16 @@ class TcpProxy:
             return
         self._writers.update((client_writer, server_writer))
         await asyncio.gather(
-            self._pipe(client_reader, server_writer),
-            self._pipe(server_reader, client_writer),
+            self._pipe(client_reader, server_writer, 0.0),
+            self._pipe(server_reader, client_writer, self._delay_s),
             return_exceptions=True,
         )
 
-    async def _pipe(self, reader, writer) -> None:
+    async def _pipe(self, reader, writer, delay_s: float) -> None:
         try:
             while data := await reader.read(65536):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 writer.write(data)
                 await writer.drain()
         finally:

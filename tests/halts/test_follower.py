@@ -137,6 +137,35 @@ async def test_each_scope_and_state_blocks_exactly_its_orders(gateway, follower,
         assert gateway.order(side=Side.BUY, qty=6, price="99").accepted
 
 
+async def test_a_hosting_manager_returns_only_once_its_gateway_enforces_the_change(gateway, nats_server, manager):
+    """With the follower's wait_applied as the manager's wait_applied_locally (what a
+    gateway hosting the manager sets), every halt, resume and approval is in force in the
+    engine when the call returns, even over a slow link (the follower sees each change
+    0.2 s after the manager wrote it): no window in which an order still passes."""
+    async with TcpProxy(nats_server.port, delay_s=0.2) as slow_link:
+        follower = gateway.follower(await connect(slow_link.url))
+        await follower.start()
+        try:
+            manager.wait_applied_locally = follower.wait_applied
+            await manager.request_halt(ALICE, Scope.SYMBOL, "AAPL", TradingState.HALTED, "test")
+            assert gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED
+            assert Check.TRADING_HALTED in gateway.failed(gateway.order())
+            await manager.request_resume(BOB, Scope.SYMBOL, "AAPL", "done")
+            assert gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.ACTIVE
+            await manager.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "test")
+            assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED
+            pending = await manager.request_resume(ALICE, Scope.FIRM, "", "done")
+            await manager.approve(BOB, pending.request_id)
+            assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.ACTIVE
+        finally:
+            await follower.stop()
+
+
+async def test_waiting_for_a_revision_the_follower_never_sees_times_out(follower):
+    assert await follower.wait_applied(0, timeout_s=0.01)
+    assert not await follower.wait_applied(10**9, timeout_s=0.05)
+
+
 async def test_start_applies_existing_state_before_returning(gateway, nc, manager):
     await manager.request_halt(ALICE, Scope.SYMBOL, "GME", TradingState.HALTED, "before the gateway")
     await manager.request_halt(ALICE, Scope.ACCOUNT, "ACC3", TradingState.REDUCING, "before the gateway")
