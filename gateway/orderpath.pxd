@@ -25,7 +25,7 @@ cdef class DecisionCounters:
     cdef readonly unsigned long long rejected
     cdef readonly dict failures_by_code
 
-    cdef void count(self, tuple failure_codes, double latency_s)
+    cdef int count(self, tuple failure_codes, double latency_s) except -1
 
 
 # An accepted order the venue has not finished yet.

@@ -22,10 +22,6 @@ class WorkingOrder:
     stream: object | None
     decision_sequence: int
 
-    def __init__(
-        self, key: tuple[str, str], handle: int, remaining_nanos: int, stream: object | None, decision_sequence: int = 0
-    ) -> None: ...
-
 class OrderPath:
     engine: object
     outbox: object

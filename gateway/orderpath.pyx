@@ -66,7 +66,7 @@ cdef class DecisionCounters:
         self.rejected = 0
         self.failures_by_code = dict.fromkeys(codes, 0)
 
-    cdef void count(self, tuple failure_codes, double latency_s):
+    cdef int count(self, tuple failure_codes, double latency_s) except -1:
         cdef Py_ssize_t bucket = 0
         while bucket < self.n_bounds and self.bounds[bucket] < latency_s:
             bucket += 1
@@ -74,10 +74,11 @@ cdef class DecisionCounters:
         self.latency_sum_s += latency_s
         if not failure_codes:
             self.accepted += 1
-            return
+            return 0
         self.rejected += 1
         for code in failure_codes:
             self.failures_by_code[code] += 1
+        return 0
 
     def observe(self, failure_codes, double latency_s):
         """Count one decided order that took ``latency_s``: accepted when ``failure_codes``
@@ -90,14 +91,8 @@ cdef class DecisionCounters:
 
 
 cdef class WorkingOrder:
-    """An accepted order the venue has not finished yet, as the servicer tracks it."""
-
-    def __init__(self, tuple key, int64_t handle, int64_t remaining_nanos, stream, uint64_t decision_sequence=0):
-        self.key = key
-        self.handle = handle
-        self.remaining_nanos = remaining_nanos
-        self.stream = stream
-        self.decision_sequence = decision_sequence
+    """An accepted order the venue has not finished yet, as the servicer tracks it (made
+    by :meth:`OrderPath._track`)."""
 
 
 cdef class OrderPath:
