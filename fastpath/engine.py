@@ -87,6 +87,8 @@ class Engine:
                 raise KernelNotBuiltError("fastpath.kernel is not compiled; run `make install`")
             kernel_class = CompiledKernel
         self._rules = rules
+        #: The rules version of every decision (a plain attribute: read once per order).
+        self.version: str = rules.version
         self.kernel = kernel_class(
             rules,
             max_orders=max_orders,
@@ -107,10 +109,6 @@ class Engine:
         return self._rules
 
     @property
-    def version(self) -> str:
-        return self._rules.version
-
-    @property
     def interner(self) -> Interner:
         return self._rules.interner
 
@@ -120,6 +118,7 @@ class Engine:
             raise ValueError("compile reloaded rules with load_rules(path, engine.interner)")
         self.kernel.install_rules(rules)
         self._rules = rules
+        self.version = rules.version
 
     # -- the order path ---------------------------------------------------------------------
     def check(
