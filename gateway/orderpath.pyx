@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from gateway.orders cimport WireOrder
-from gateway.wire cimport decision_bytes
+from gateway.wire cimport encode_decision
 
 import logging
 
@@ -210,13 +210,13 @@ cdef class OrderPath:
             )
             if result.accepted:
                 handle = result.handle
-                payload = decision_bytes(
+                payload = encode_decision(
                     VERDICT_ACCEPT, NO_FAILURE_MESSAGES, sequence, self._gateway_id_bytes,
                     self.rules_version_bytes(), received_ns, decided_ns, order.encoded, handle,
                 )
                 return payload, NO_FAILURES, self._track(order, handle, stream, sequence)
             failures = engine.failures(result)
-            payload = decision_bytes(
+            payload = encode_decision(
                 VERDICT_REJECT,
                 [
                     types_pb2.CheckFailure(

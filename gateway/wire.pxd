@@ -1,6 +1,6 @@
 """gateway.wire: protobuf wire encoding of the order path's output (see wire.pyx).
 
-Python API (def): encode_decision (decision_bytes for compiled callers), check_order_response, check_orders_response,
+Python API: encode_decision (cpdef), check_order_response, check_orders_response,
 stream_orders_response, REPLAYED_SUFFIX; typed in wire.pyi.
 """
 
@@ -15,8 +15,8 @@ cdef Py_ssize_t put_varint_field(uint8_t* out, uint8_t tag, uint64_t value) noex
 # A message of one optional varint field then one length-delimited field per payload.
 cdef bytes frame_repeated(uint8_t tag, list payloads, uint8_t prefix_tag, uint64_t prefix_value, bint with_prefix)
 
-# A serialized Decision (encode_decision without the Python call).
-cdef bytes decision_bytes(
+# A serialized Decision (cpdef: the order path calls it without a Python call).
+cpdef bytes encode_decision(
     int verdict,
     list failures,
     uint64_t sequence,

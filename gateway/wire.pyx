@@ -86,7 +86,7 @@ cdef Py_ssize_t put_varint_field(uint8_t* out, uint8_t tag, uint64_t value) noex
     return 1 + put_varint(out + 1, value)
 
 
-def encode_decision(
+cpdef bytes encode_decision(
     int verdict,
     list failures,
     uint64_t sequence,
@@ -97,29 +97,12 @@ def encode_decision(
     bytes order,
     uint64_t order_handle,
 ):
-    """A serialized ``pretrade.v1.Decision``.
+    """A serialized ``pretrade.v1.Decision`` (cpdef: gateway.orderpath calls it in C).
 
     ``failures`` holds serialized ``CheckFailure`` messages (empty for an accept),
     ``gateway_id`` and ``rules_version`` their UTF-8 bytes, ``order`` the serialized
     ``Order``. ``replayed`` is never set here: see :data:`REPLAYED_SUFFIX`.
     """
-    return decision_bytes(
-        verdict, failures, sequence, gateway_id, rules_version, received_ns, decided_ns, order, order_handle
-    )
-
-
-cdef bytes decision_bytes(
-    int verdict,
-    list failures,
-    uint64_t sequence,
-    bytes gateway_id,
-    bytes rules_version,
-    int64_t received_ns,
-    int64_t decided_ns,
-    bytes order,
-    uint64_t order_handle,
-):
-    """:func:`encode_decision` for compiled callers (gateway.orderpath)."""
     cdef Py_ssize_t size = 2 * (1 + MAX_VARINT_BYTES) + 4 * (1 + MAX_VARINT_BYTES)
     cdef bytes failure
     for failure in failures:
