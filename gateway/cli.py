@@ -76,7 +76,8 @@ def _common_options(client_tls: bool = True) -> argparse.ArgumentParser:
 
 def add_client_tls_options(parser: argparse.ArgumentParser) -> None:
     """``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key``: how a command that calls
-    the gateway connects (:func:`client_credentials`): ``check``, the halt and ledger commands."""
+    the gateway connects (:func:`client_credentials`): ``check``, the halt, ledger and
+    watchdog commands, ``fix run`` and ``mt5 run``."""
     parser.add_argument(
         "--tls-ca", metavar="PEM", help="connect with TLS, trusting the gateway certificate's CA in this file"
     )
@@ -88,18 +89,31 @@ def add_client_tls_options(parser: argparse.ArgumentParser) -> None:
 
 def client_credentials(args):
     """The channel credentials the ``--tls-*`` client flags ask for (None: plaintext),
-    built by :func:`clients.tls_credentials`, the one way to do it."""
-    from clients.tls import tls_credentials
+    built by :func:`clients.tls.optional_tls_credentials`, the one way to do it."""
+    from clients.tls import optional_tls_credentials
 
-    ca = getattr(args, "tls_ca", None)
-    cert = getattr(args, "tls_client_cert", None)
-    key = getattr(args, "tls_client_key", None)
-    if ca is None:
-        if cert is not None or key is not None:
-            flag = "--tls-client-cert" if cert is not None else "--tls-client-key"
-            raise CommandError(f"{flag}: needs --tls-ca (the CA that signed the gateway's certificate)")
-        return None
-    return tls_credentials(ca, cert, key, settings=("--tls-ca", "--tls-client-cert", "--tls-client-key"))
+    return optional_tls_credentials(
+        getattr(args, "tls_ca", None),
+        getattr(args, "tls_client_cert", None),
+        getattr(args, "tls_client_key", None),
+        settings=("--tls-ca", "--tls-client-cert", "--tls-client-key"),
+    )
+
+
+def add_server_tls_options(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-client-ca``: how a server's port speaks TLS
+    (:func:`clients.tls.server_tls_credentials`): ``up``/``serve``, and ``ledger run``'s
+    ``--listen``. ``where``: which port, in the help (default: the command's one port)."""
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help=f"serve TLS{where} with this certificate (chain); needs --tls-key "
+        "(default: plaintext, for localhost only)",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (unencrypted PEM)")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA"
+    )
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -142,16 +156,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="let decisions gather this long before publishing them to JetStream: less CPU per "
         "decision, later in the ledger and watchdogs; 0 = at once (default: %(default)g)",
     )
-    parser.add_argument(
-        "--tls-cert",
-        metavar="PEM",
-        help="serve TLS with this certificate (chain); needs --tls-key "
-        "(default: plaintext, for localhost only)",
-    )
-    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (unencrypted PEM)")
-    parser.add_argument(
-        "--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA"
-    )
+    add_server_tls_options(parser)
     parser.add_argument(
         "--log-level", default=DEFAULT_LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -162,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = _common_options()
     # Commands without the shared --tls-* client flags: up/serve serve TLS themselves
-    # (--tls-cert), rules/token never call the gateway, `watchdogs run` adds the client flags
-    # itself, and `fix run`/`mt5 run` cannot reach a TLS gateway (docs/api.md says so).
+    # (--tls-cert), rules/token never call the gateway, and `watchdogs run`, `fix run` and
+    # `mt5 run` add the client flags themselves.
     local = _common_options(client_tls=False)
     parser = _Parser(prog="pretrade", description="Low-latency pre-trade risk gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -139,7 +139,9 @@ class GatewayConfig:
     host_ledger: bool = False
     #: TLS on the gRPC port: the server's certificate chain and its private key (PEM, both
     #: or neither; neither = plaintext, for localhost only). With ``tls_client_ca_path``
-    #: every client must present a certificate signed by that CA (mutual TLS).
+    #: every client must present a certificate signed by that CA (mutual TLS). Checked, files
+    #: included, by ``gateway.server.server_credentials`` (the one check, shared with the
+    #: standalone ledger's ``--listen``), before the server starts.
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
     tls_client_ca_path: str | None = None
@@ -150,13 +152,6 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")
-        if (self.tls_cert_path is None) != (self.tls_key_path is None):
-            given, missing = (
-                ("--tls-cert", "--tls-key") if self.tls_key_path is None else ("--tls-key", "--tls-cert")
-            )
-            raise ConfigError(f"{given}: needs {missing} too (TLS takes a certificate and its key)")
-        if self.tls_client_ca_path is not None and self.tls_cert_path is None:
-            raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)")
         if self.companion_socket is not None and len(self.companion_socket.encode()) > MAX_UNIX_SOCKET_PATH:
             raise ConfigError(
                 f"companion socket {self.companion_socket}: path longer than {MAX_UNIX_SOCKET_PATH} bytes "

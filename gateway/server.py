@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clients.tls import TlsFileError, read_certificates, read_key_pair
+from clients.tls import TlsFileError, server_tls_credentials
 from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, TokenStore
 from gateway.config import ConfigError, GatewayConfig
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
@@ -52,23 +52,13 @@ class ListenError(OSError):
 
 
 def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
-    """The TLS credentials of ``config`` (None: plaintext). The files are read and checked
-    here (PEM certificate, PEM key that belongs to it, PEM client CA): a problem is a
-    :class:`ConfigError` naming the flag and the file."""
-    if not config.tls:
-        return None
+    """The TLS credentials of ``config`` (None: plaintext), by
+    :func:`clients.tls.server_tls_credentials` (the files are read and checked there): a
+    problem is a :class:`ConfigError` naming the flag and the file."""
     try:
-        chain, key = read_key_pair(config.tls_cert_path, config.tls_key_path, "--tls-cert", "--tls-key")
-        client_ca = (
-            read_certificates(config.tls_client_ca_path, "--tls-client-ca")
-            if config.tls_client_ca_path is not None
-            else None
-        )
+        return server_tls_credentials(config.tls_cert_path, config.tls_key_path, config.tls_client_ca_path)
     except TlsFileError as exc:
         raise ConfigError(str(exc)) from None
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 #: GatewayService methods whose requests the servicer reads from their bytes.

@@ -3,8 +3,8 @@
 Subcommands::
 
     pretrade ledger run          ingest decisions and events into <data-dir>/ledger (and serve
-                                 LedgerService with --listen; Prometheus /metrics on
-                                 --metrics-listen)
+                                 LedgerService with --listen, TLS with --tls-cert/--tls-key
+                                 [--tls-client-ca]; Prometheus /metrics on --metrics-listen)
     pretrade ledger keygen       make the checkpoint signing key (<data-dir>/ledger-signing.key)
     pretrade ledger verify       recompute every leaf and the root, check every checkpoint
     pretrade ledger proof        an entry's inclusion proof, enough for an outside verifier
@@ -95,6 +95,7 @@ def register(subparsers) -> None:
     ``handler(args) -> exit code``; handlers raise on errors (the caller prints one line)."""
     from ledger.health import DEFAULT_HEALTH_INTERVAL_S, HEALTH_INTERVAL_ENV
     from ledger.ingest import DEFAULT_CHECKPOINT_EVERY_ENTRIES, DEFAULT_CHECKPOINT_INTERVAL_MS, DEFAULT_ORIGIN
+    from gateway.cli import add_server_tls_options  # --tls-cert etc., for --listen, as the gateway's
     from ledger.merkle import DEFAULT_HASH_NAME, HASHERS
     from ledger.metrics import DEFAULT_METRICS_LISTEN, METRICS_OFF
 
@@ -106,6 +107,7 @@ def register(subparsers) -> None:
     run.add_argument("--nats-url", default=DEFAULT_NATS_URL, help="NATS server URL (default: %(default)s)")
     run.add_argument("--listen", help="also serve LedgerService on this address (host:port)")
     run.add_argument("--tokens", help="token file for --listen (default: the data dir's demo tokens)")
+    add_server_tls_options(run, where=" on --listen")
     run.add_argument("--origin", default=DEFAULT_ORIGIN, help="checkpoint origin line (default: %(default)s)")
     run.add_argument("--signing-key", help="signer key file (default: <data-dir>/ledger-signing.key if present)")
     run.add_argument("--hash", default=DEFAULT_HASH_NAME, choices=sorted(HASHERS), help="hash of a new ledger")
@@ -217,16 +219,6 @@ class _RemoteLedger:
         self._channel.close()
 
 
-def _credentials(args):
-    """TLS credentials of the ``--tls-*`` flags for ``--target`` (None: plaintext)."""
-    from gateway.cli import CommandError, client_credentials
-
-    try:
-        return client_credentials(args)
-    except CommandError as exc:
-        raise LedgerCommandError(str(exc)) from None
-
-
 # --- run / keygen ------------------------------------------------------------------------------
 
 
@@ -239,6 +231,17 @@ def _tokens_for_listen(args):
     if not demo.exists():
         raise LedgerCommandError(f"--listen needs --tokens FILE (no demo tokens in {args.data_dir})")
     return TokenStore.load(demo)
+
+
+def _listen_credentials(args):
+    """The server credentials of ``--tls-cert``/``--tls-key``/``--tls-client-ca`` for
+    ``--listen`` (None: plaintext), built as the gateway builds its own."""
+    from clients.tls import server_tls_credentials
+
+    credentials = server_tls_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if credentials is not None and not args.listen:
+        raise LedgerCommandError("--tls-cert: needs --listen (TLS is for the LedgerService port)")
+    return credentials
 
 
 def _cmd_run(args) -> int:
@@ -263,6 +266,7 @@ def _cmd_run(args) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    credentials = _listen_credentials(args)  # a bad TLS file fails now, before anything is opened
     tokens = _tokens_for_listen(args) if args.listen else None
     runtime = LedgerRuntime(
         args.data_dir,
@@ -293,16 +297,19 @@ def _cmd_run(args) -> int:
                     raise LedgerCommandError(str(exc)) from None
                 info["metrics"] = metrics_http.url
             if tokens is not None:
-                server, port = await create_ledger_server(runtime.reader, args.listen, tokens)
+                server, port = await create_ledger_server(runtime.reader, args.listen, tokens, credentials)
                 await server.start()
                 info["listen"] = f"{args.listen.rpartition(':')[0]}:{port}"
+                info["tls"] = credentials is not None
+                info["mutual_tls"] = args.tls_client_ca is not None
             if args.json:
                 _print_json(info)
             else:
                 print(f"pretrade ledger ingesting into {info['ledger']} from {args.nats_url}")
                 print(f"  checkpoints {'signed' if runtime.signed else 'UNSIGNED (run `pretrade ledger keygen`)'}")
                 if "listen" in info:
-                    print(f"  LedgerService on {info['listen']}")
+                    transport = ("mutual TLS" if info["mutual_tls"] else "TLS") if info["tls"] else "plaintext"
+                    print(f"  LedgerService on {info['listen']} ({transport})")
                 if "metrics" in info:
                     print(f"  metrics {info['metrics']}")
                 print("Ctrl-C stops.")
@@ -433,7 +440,9 @@ def _cmd_proof(args) -> int:
     from pretrade.v1 import ledger_pb2
 
     if args.target:
-        remote = _RemoteLedger(args.target, args.token, _credentials(args))
+        from gateway.cli import client_credentials
+
+        remote = _RemoteLedger(args.target, args.token, client_credentials(args))
         try:
             entry = remote.call("GetEntry", ledger_pb2.GetEntryRequest(index=args.seq)).entry
             response = remote.call(
@@ -489,7 +498,9 @@ def _cmd_explain(args) -> int:
     if args.target:
         if args.trace_id is not None:
             raise LedgerCommandError("--trace-id reads the ledger locally: drop --target")
-        remote = _RemoteLedger(args.target, args.token, _credentials(args))
+        from gateway.cli import client_credentials
+
+        remote = _RemoteLedger(args.target, args.token, client_credentials(args))
         try:
             request = ledger_pb2.ExplainOrderRequest(account=args.account, client_order_id=args.client_order_id)
             explanations = [remote.call("ExplainOrder", request).explanation]

@@ -6,7 +6,8 @@ Two ways to host it:
   server starts, and merge :data:`LEDGER_METHOD_ROLES` into the auth interceptor's table
   (``AuthInterceptor(tokens, {**DEFAULT_METHOD_ROLES, **LEDGER_METHOD_ROLES})``);
 * standalone (``pretrade ledger run --listen``): :func:`create_ledger_server`, with its own
-  token check, health and reflection.
+  token check, health and reflection, and TLS / mutual TLS as the gateway's port
+  (``--tls-cert``/``--tls-key``/``--tls-client-ca``).
 
 Every role may read the ledger. Point reads (entry, proofs, checkpoint) run on the event
 loop (microseconds); ExplainOrder reads a whole trail and runs in a worker thread so that
@@ -135,10 +136,14 @@ def add_ledger_service(server: grpc.aio.Server, reader: LedgerReader) -> LedgerS
     return servicer
 
 
-async def create_ledger_server(reader: LedgerReader, listen: str, tokens: TokenStore) -> tuple[grpc.aio.Server, int]:
+async def create_ledger_server(
+    reader: LedgerReader, listen: str, tokens: TokenStore, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A standalone, not yet started server for LedgerService on ``listen`` (port 0:
-    any free port), behind the bearer-token check, with health (SERVING) and reflection.
-    Returns the server and its port; raises ``ListenError`` if ``listen`` cannot be bound."""
+    any free port), behind the bearer-token check, with health (SERVING) and reflection;
+    ``credentials`` (``clients.tls.server_tls_credentials``): TLS only on that port, as on
+    the gateway's; None: plaintext. Returns the server and its port; raises ``ListenError``
+    if ``listen`` cannot be bound."""
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(tokens, LEDGER_METHOD_ROLES)], options=(("grpc.so_reuseport", 0),)
     )
@@ -149,7 +154,10 @@ async def create_ledger_server(reader: LedgerReader, listen: str, tokens: TokenS
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((LEDGER_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is not None:
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError as exc:
         raise ListenError(f"--listen {listen}: cannot bind (address in use or not local): {exc}") from None
     return server, port

@@ -3,7 +3,8 @@
 bridge in the gateway's process, started once the gateway is ready and stopped before it.
 
 A companion talks to *this* gateway: the ``target`` of its file is replaced by the
-gateway's own address. Its token is, first found: ``--token``; the file's (``token`` or
+gateway's own address, in plaintext (the port, or the companion socket when the port has
+TLS), so the file's TLS keys are checked but not used. Its token is, first found: ``--token``; the file's (``token`` or
 the variable named by ``token_env``, default ``$PRETRADE_TOKEN``); the demo ``trader``
 token when ``up`` made demo tokens. The FIX order book is ``fix.state_file``, else
 ``<data dir>/fix/orders.sqlite``; the MT5 bridge's execution reports are ``bridge.state_file``,
@@ -53,7 +54,7 @@ def fix_companion(config_path: str, *, data_dir: str | Path | None, token: str |
         )
 
     def make(target: str) -> FixAdapter:
-        return FixAdapter(dataclasses.replace(config, target=target, token=token))
+        return FixAdapter(dataclasses.replace(config, target=target, token=token, credentials=None))
 
     return make
 
@@ -74,7 +75,7 @@ def mt5_companion(config_path: str, *, token: str | None, default_token: str | N
         )
 
     def make(target: str) -> Mt5Bridge:
-        return Mt5Bridge(dataclasses.replace(config, target=target, token=token))
+        return Mt5Bridge(dataclasses.replace(config, target=target, token=token, credentials=None))
 
     return make
 

@@ -20,8 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
+
+import grpc
 
 from clients import AsyncGatewayClient, DeadlineExceeded, GatewayError, GatewayUnavailable, OrderBatcher
+from clients.tls import TlsFileError, optional_tls_credentials
 from pretrade.v1 import types_pb2
 
 log = logging.getLogger("pretrade.adapters")
@@ -36,9 +40,36 @@ CHANNEL_OPTIONS = (
 DEFAULT_RETRY_INTERVAL_S = 0.25
 
 
-def adapter_client(target: str, token: str | None, timeout_s: float) -> AsyncGatewayClient:
-    """An :class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS`."""
-    return AsyncGatewayClient(target, token, timeout_s, channel_options=CHANNEL_OPTIONS)
+def adapter_client(
+    target: str, token: str | None, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> AsyncGatewayClient:
+    """An :class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS`;
+    ``credentials`` (``clients.tls_credentials``): TLS to the gateway, None: plaintext (a
+    plaintext gateway, or ``pretrade up``'s companion socket)."""
+    return AsyncGatewayClient(target, token, timeout_s, channel_options=CHANNEL_OPTIONS, credentials=credentials)
+
+
+#: The keys of an adapter's gateway section (FIX ``[gateway]``, MT5 ``[bridge]``) naming its
+#: TLS files, as the ``--tls-*`` client flags do.
+TLS_KEYS = ("tls_ca", "tls_client_cert", "tls_client_key")
+
+
+def config_credentials(
+    section: dict, section_name: str, base_dir: Path | None
+) -> grpc.ChannelCredentials | None:
+    """The channel credentials of an adapter configuration file's :data:`TLS_KEYS` in
+    ``section`` (paths relative to ``base_dir``, the file's directory); None: no key set
+    (plaintext). The files are read and checked now (``clients.tls.TlsFileError``, one line
+    naming ``section_name.key`` and the file), so that a bad file stops the adapter at start."""
+    paths = []
+    for key in TLS_KEYS:
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise TlsFileError(f"{section_name}.{key}", repr(value), "a path (non-empty string) is required")
+        if value is not None and base_dir is not None and not Path(value).is_absolute():
+            value = str(base_dir / value)
+        paths.append(value)
+    return optional_tls_credentials(*paths, settings=tuple(f"{section_name}.{key}" for key in TLS_KEYS))
 
 
 def _retrieve(task: asyncio.Task) -> None:
@@ -49,7 +80,8 @@ def _retrieve(task: asyncio.Task) -> None:
 
 class GatewayLink:
     """``GatewayLink(target, token, decision_timeout_s, ...)``; ``decide``,
-    ``report_executions``, ``await close()``. Make it on the event loop that uses it."""
+    ``report_executions``, ``await close()``. Make it on the event loop that uses it.
+    ``credentials``: see :func:`adapter_client`."""
 
     def __init__(
         self,
@@ -60,12 +92,13 @@ class GatewayLink:
         batch_max_delay_s: float = 0.0005,
         on_control=None,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.decision_timeout_s = decision_timeout_s
         self._batch_max_delay_s = batch_max_delay_s
         self._on_control = on_control
         self._retry_interval_s = retry_interval_s
-        self.client = adapter_client(target, token, decision_timeout_s)
+        self.client = adapter_client(target, token, decision_timeout_s, credentials)
         self._batcher: OrderBatcher | None = None
         self._opening: asyncio.Task | None = None
         self._last_failure: tuple[float, GatewayError] | None = None

@@ -225,8 +225,10 @@ async def fix_world(tmp_path):
 
 
 @contextlib.asynccontextmanager
-async def world_on(tmp_path: Path, gateway):
-    """Client, adapter and venue around ``gateway`` (which the world does not own)."""
+async def world_on(tmp_path: Path, gateway, load=load_fix_config):
+    """Client, adapter and venue around ``gateway`` (which the world does not own);
+    ``load(path)``: the adapter's configuration from its file (``pretrade fix run``'s
+    ``build_config`` in the TLS tests)."""
     client_port, venue_port = free_port(), free_port()
     # QuickFIX registers sessions process-wide: every test gets its own CompIDs
     n = next(WORLDS)
@@ -251,7 +253,7 @@ state_file = "adapter-state/orders.sqlite"
                   client_port, dictionary=False)
     settings_file(tmp_path / "initiator.cfg", "initiator", tmp_path / "adapter-store-i", pretrade, venue_id,
                   venue_port, dictionary=False)
-    adapter = FixAdapter(load_fix_config(tmp_path / "adapter.toml"))
+    adapter = FixAdapter(load(tmp_path / "adapter.toml"))
     client_engine = Engine(client, settings_file(tmp_path / "client.cfg", "initiator", tmp_path / "client-store",
                                                  client_id, pretrade, client_port), fix.ThreadedSocketInitiator, tmp_path)
     await asyncio.to_thread(venue_engine.start)

@@ -147,6 +147,12 @@ def test_tls_flag_errors_are_one_line_naming_flag_and_file(capsys, tmp_path, tls
     serve = ["serve", "--rules", "r.toml", "--tokens", "t.toml", "--data-dir", str(tmp_path / "d"),
              "--listen", "127.0.0.1:0", "--metrics-listen", "off"]
     cert, key = str(tls_files.server_cert), str(tls_files.server_key)
+    fix_config = tmp_path / "adapter.toml"
+    fix_config.write_text('[gateway]\ntoken = "t"\n[fix]\nacceptor = "a.cfg"\ninitiator = "i.cfg"\n')
+    mt5_config = tmp_path / "bridge.toml"
+    mt5_config.write_text('[bridge]\ntoken = "t"\n[symbols.X]\ndigits = 2\n')
+    ledger_run = ["ledger", "run", "--data-dir", str(tmp_path / "d"), "--nats-url", "nats://127.0.0.1:1",
+                  "--metrics-listen", "off"]
     cases = [
         ([*serve, "--tls-cert", cert], ["--tls-cert", "--tls-key"]),
         ([*serve, "--tls-key", key], ["--tls-key", "--tls-cert"]),
@@ -169,6 +175,24 @@ def test_tls_flag_errors_are_one_line_naming_flag_and_file(capsys, tmp_path, tls
         (["watchdogs", "run", "--config", str(EXAMPLE_WATCHDOGS), "--tls-ca", str(tmp_path / "ca-missing.pem")],
          ["--tls-ca", "ca-missing.pem", "cannot read"]),
         (["watchdogs", "run", "--config", str(tmp_path / "missing.toml")], ["missing.toml", "cannot read"]),
+        # the adapters as processes of their own take the same client flags
+        (["fix", "run", "--config", str(fix_config), "--data-dir", str(tmp_path / "d"),
+          "--tls-ca", str(tmp_path / "ca-missing.pem")], ["--tls-ca", "ca-missing.pem", "cannot read"]),
+        (["fix", "run", "--config", str(fix_config), "--data-dir", str(tmp_path / "d"),
+          "--tls-client-cert", str(tls_files.client_cert)], ["--tls-client-cert", "needs --tls-ca"]),
+        (["mt5", "run", "--config", str(mt5_config), "--data-dir", str(tmp_path / "d"),
+          "--tls-ca", str(tls_files.ca), "--tls-client-cert", str(tls_files.client_cert)],
+         ["--tls-client-cert", "needs --tls-client-key"]),
+        (["mt5", "run", "--config", str(mt5_config), "--data-dir", str(tmp_path / "d"),
+          "--tls-ca", str(not_pem)], ["--tls-ca", "junk.pem", "not a PEM certificate"]),
+        # the standalone ledger's --listen takes the same server flags as the gateway
+        ([*ledger_run, "--listen", "127.0.0.1:0", "--tls-cert", cert], ["--tls-cert", "--tls-key"]),
+        ([*ledger_run, "--listen", "127.0.0.1:0", "--tls-client-ca", cert], ["--tls-client-ca", "--tls-cert"]),
+        ([*ledger_run, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", str(tls_files.client_key)],
+         ["--tls-key", "client-key.pem", "does not match"]),
+        ([*ledger_run, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key,
+          "--tls-client-ca", str(tmp_path / "nope.pem")], ["--tls-client-ca", "nope.pem", "cannot read"]),
+        ([*ledger_run, "--tls-cert", cert, "--tls-key", key], ["--tls-cert", "needs --listen"]),
     ]
     for argv, words in cases:
         code, _, err = run(capsys, *argv)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import grpc
 import quickfix as fix
 
 from clients import DeadlineExceeded, GatewayError
@@ -166,6 +167,8 @@ class FixAdapterConfig:
     batch_max_delay_s: float = 0.0005
     log_dir: Path | None = None  # QuickFIX message logs (FileLog) when set
     state_path: Path | None = None  # the order book (SQLite, clients/adapters/fix/book.py); None: in memory
+    #: TLS to the gateway (gateway.tls_* of the file, or the --tls-* flags); None: plaintext
+    credentials: grpc.ChannelCredentials | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -256,6 +259,7 @@ class FixAdapter:
         self._link = GatewayLink(
             self.config.target, self.config.token, self.config.decision_timeout_s,
             batch_max_delay_s=self.config.batch_max_delay_s, on_control=self._on_control,
+            credentials=self.config.credentials,
         )
         # one worker reports executions in order, retrying until the gateway answers; it starts
         # with those not acknowledged before the last stop (the book's reports table)

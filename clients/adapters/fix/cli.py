@@ -1,6 +1,9 @@
 """``pretrade fix run --config FILE``: run the FIX adapter (needs ``pretrade[fix]``).
 
-Register with ``clients.adapters.fix.cli.register(subparsers, common)``.
+Register with ``clients.adapters.fix.cli.register(subparsers, common)``. ``--token``
+overrides the file's ``gateway.token``; ``--tls-ca``/``--tls-client-cert``/``--tls-client-key``
+(as for every command that calls the gateway), when given, replace the file's
+``gateway.tls_*`` keys.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
+from gateway.cli import add_client_tls_options
 
 
 def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
@@ -17,7 +22,24 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     run = commands.add_parser("run", parents=parents, help="run the FIX adapter")
     run.add_argument("--config", required=True, help="adapter configuration (TOML, see examples/fix/)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_client_tls_options(run)
     run.set_defaults(handler=cmd_run)
+
+
+def build_config(args):
+    """The adapter configuration of ``args``: the ``--config`` file's, with ``--token`` and the
+    ``--tls-*`` flags (checked by ``gateway.cli.client_credentials``) over the file's. Raises
+    ``FixConfigError`` or ``clients.tls.TlsFileError`` (one line each)."""
+    from clients.adapters.fix.config import load_fix_config
+    from gateway.cli import client_credentials
+
+    config = load_fix_config(args.config, getattr(args, "data_dir", None))
+    credentials = client_credentials(args)
+    if credentials is not None:
+        config.credentials = credentials
+    if getattr(args, "token", None):
+        config.token = args.token
+    return config
 
 
 def cmd_run(args) -> int:
@@ -34,14 +56,12 @@ def cmd_run(args) -> int:
     except ImportError:
         raise CommandError("the quickfix package is missing: pip install 'pretrade[fix]'") from None
     from clients.adapters.fix.book import OrderBookError
-    from clients.adapters.fix.config import FixConfigError, load_fix_config
+    from clients.adapters.fix.config import FixConfigError
 
     try:
-        config = load_fix_config(args.config, getattr(args, "data_dir", None))
+        config = build_config(args)
     except FixConfigError as exc:
         raise CommandError(str(exc)) from None
-    if getattr(args, "token", None):
-        config.token = args.token
     if not config.token:
         raise CommandError("no token: set gateway.token, --token or $PRETRADE_TOKEN")
     try:

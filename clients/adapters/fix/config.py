@@ -4,6 +4,9 @@
     target = "127.0.0.1:50051"
     token_env = "PRETRADE_TOKEN"      # or token = "..."
     decision_timeout_ms = 2000
+    tls_ca = "ca.pem"                 # TLS to the gateway (relative to this file); with
+    tls_client_cert = "client.pem"    # a client certificate and key: mutual TLS. The
+    tls_client_key = "client-key.pem" # --tls-* flags, when given, replace these three
 
     [fix]
     acceptor = "acceptor.cfg"         # QuickFIX settings of the client sessions (relative to this file)
@@ -33,6 +36,8 @@ def load_fix_config(path: str | Path, data_dir: str | Path | None = None):
     (relative to the file), else ``<data_dir>/fix/orders.sqlite``, else (no data_dir) in
     memory only."""
     from clients.adapters.fix.adapter import FixAdapterConfig
+    from clients.adapters.link import config_credentials
+    from clients.tls import TlsFileError
 
     path = Path(path)
     try:
@@ -49,6 +54,10 @@ def load_fix_config(path: str | Path, data_dir: str | Path | None = None):
         candidate = Path(name)
         return candidate if candidate.is_absolute() else path.parent / candidate
 
+    try:
+        credentials = config_credentials(gateway, "gateway", path.parent)
+    except TlsFileError as exc:
+        raise FixConfigError(f"{path}: {exc}") from None
     return FixAdapterConfig(
         acceptor_settings=resolve(section["acceptor"]),
         initiator_settings=resolve(section["initiator"]),
@@ -61,4 +70,5 @@ def load_fix_config(path: str | Path, data_dir: str | Path | None = None):
             resolve(section["state_file"]) if section.get("state_file")
             else Path(data_dir) / STATE_FILE_IN_DATA_DIR if data_dir is not None else None
         ),
+        credentials=credentials,
     )

@@ -141,6 +141,7 @@ class Mt5Bridge:
         self._link = GatewayLink(
             self.config.target, self.config.token, self.config.decision_timeout_s,
             batch_max_delay_s=self.config.batch_max_delay_s, on_control=self._on_control,
+            credentials=self.config.credentials,
         )
         self._reporter = ExecutionReporter(
             store, lambda executions: self._link.report_executions(executions),

@@ -2,7 +2,8 @@
 
 Register with ``clients.adapters.mt5.cli.register(subparsers, common)`` (as gateway/cli.py
 does for halts.cli). ``--target``/``--token`` of the common options override the file's
-``bridge.target``/``bridge.token``. The execution reports owed to the gateway are kept in
+``bridge.target``/``bridge.token``; ``--tls-ca``/``--tls-client-cert``/``--tls-client-key`` (as
+for every command that calls the gateway), when given, replace the file's ``bridge.tls_*``. The execution reports owed to the gateway are kept in
 ``bridge.state_file``, else ``<--data-dir>/mt5/reports.sqlite``.
 """
 
@@ -14,6 +15,8 @@ import logging
 import os
 import sys
 
+from gateway.cli import add_client_tls_options
+
 
 def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     parents = [common] if common is not None else []
@@ -23,14 +26,21 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     run.add_argument("--config", required=True, help="bridge configuration (TOML, see docs/adapters.md)")
     run.add_argument("--listen", help="override bridge.listen (host:port)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_client_tls_options(run)
     run.set_defaults(handler=cmd_run)
 
 
 def build_config(args):
+    """The bridge configuration of ``args``: the ``--config`` file's, with the flags over it.
+    Raises ``ConfigError`` or ``clients.tls.TlsFileError`` (one line each)."""
     from clients.adapters.mt5.config import load_config
+    from gateway.cli import client_credentials
 
     config = load_config(args.config, getattr(args, "data_dir", None))
     overrides = {}
+    credentials = client_credentials(args)
+    if credentials is not None:
+        overrides["credentials"] = credentials
     if getattr(args, "listen", None):
         overrides["listen"] = args.listen
     token = getattr(args, "token", None) or (None if config.token else os.environ.get("PRETRADE_TOKEN"))

@@ -13,6 +13,9 @@ Example (``examples/mt5_bridge.toml`` style)::
     target = "127.0.0.1:50051"
     token_env = "PRETRADE_TOKEN"      # or token = "..."
     decision_timeout_ms = 2000
+    tls_ca = "ca.pem"                 # TLS to the gateway (relative to this file); with
+    tls_client_cert = "client.pem"    # a client certificate and key: mutual TLS. The
+    tls_client_key = "client-key.pem" # --tls-* flags, when given, replace these three
     state_file = ""                   # execution reports owed to the gateway (SQLite);
                                       # default: <data dir>/mt5/reports.sqlite
 
@@ -31,6 +34,10 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 
+import grpc
+
+from clients.adapters.link import TLS_KEYS, config_credentials
+from clients.tls import TlsFileError
 from fastpath.codes import PRICE_SCALE, QTY_SCALE
 from fastpath.fixedpoint import FixedPointError, from_fixed, to_fixed
 
@@ -120,6 +127,8 @@ class BridgeConfig:
     symbols: dict[str, SymbolSpec] = field(default_factory=dict)
     #: the execution reports owed to the gateway (SQLite, clients/adapters/reports.py); None: in memory
     state_path: Path | None = None
+    #: TLS to the gateway (bridge.tls_* of the file, or the --tls-* flags); None: plaintext
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -160,7 +169,8 @@ def parse_config(document: dict, *, base_dir: str | Path | None = None,
     ``<data_dir>/mt5/reports.sqlite``, else (no data_dir) in memory only."""
     bridge = document.get("bridge", {})
     unknown = set(bridge) - {
-        "listen", "target", "token", "token_env", "decision_timeout_ms", "batch_max_delay_ms", "state_file"
+        "listen", "target", "token", "token_env", "decision_timeout_ms", "batch_max_delay_ms", "state_file",
+        *TLS_KEYS,
     }
     if unknown:
         raise ConfigError(f"bridge: unknown keys {sorted(unknown)}")
@@ -180,6 +190,10 @@ def parse_config(document: dict, *, base_dir: str | Path | None = None,
             state_path = Path(base_dir) / state_path
     else:
         state_path = Path(data_dir) / STATE_FILE_IN_DATA_DIR if data_dir is not None else None
+    try:
+        credentials = config_credentials(bridge, "bridge", Path(base_dir) if base_dir is not None else None)
+    except TlsFileError as exc:
+        raise ConfigError(str(exc)) from None
     return BridgeConfig(
         listen=str(bridge.get("listen", DEFAULT_LISTEN)),
         target=str(bridge.get("target", DEFAULT_TARGET)),
@@ -188,6 +202,7 @@ def parse_config(document: dict, *, base_dir: str | Path | None = None,
         batch_max_delay_s=bridge.get("batch_max_delay_ms", DEFAULT_BATCH_MAX_DELAY_MS) / 1000,
         symbols=symbols,
         state_path=state_path,
+        credentials=credentials,
     )
 
 
