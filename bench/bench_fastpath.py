@@ -11,23 +11,43 @@ Measured (``--benchmark-only``):
 
 * ``check_batch`` per order (batches of 10 000 orders, GIL released);
 * one ``Kernel.check()`` call from Python with interned ids;
-* the same call on ``ReferenceKernel``, and the ratio reference / kernel of the two.
+* the same call on ``ReferenceKernel``, and the ratio reference / kernel of the two;
+* the state floor of check_batch (``bench/state_floor.c``: only the per-order state work
+  the catalogue requires, in lean C, over the same order flow), measured in the same run
+  as the kernel, and the ratio check_batch / state floor.
 
 The figures go to ``benchmark.extra_info`` and to a table printed at the end of the run
 (``bench/conftest.py``). Nothing here asserts a time: the assertions are about behaviour
 (batch decisions equal single-call decisions on a twin kernel, equal to the reference's,
-and the order mix really accepts and rejects). Under ``--benchmark-disable`` (CI short
+the order mix really accepts and rejects, and the state floor's state-check failures equal
+the kernel's order by order). Under ``--benchmark-disable`` (CI short
 mode) every test runs once on small tables.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
+import sysconfig
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastpath.codes import N_CHECKS, NS_PER_MS, PRICE_SCALE, QTY_SCALE, Check, OrderType, Side
+from fastpath.codes import (
+    LIMIT_UNLIMITED,
+    LIMIT_UNSET,
+    N_CHECKS,
+    NS_PER_MS,
+    PRICE_SCALE,
+    QTY_SCALE,
+    Check,
+    OrderType,
+    Side,
+)
 from fastpath.kernel import Kernel
 from fastpath.reference import ReferenceKernel
 from fastpath.rules import compile_rules
@@ -424,3 +444,174 @@ def test_single_check_reference(benchmark, market, fastpath_figures):
             ratio = per_check / kernel_per_check
             benchmark.extra_info["reference_over_kernel"] = round(ratio, 1)
             fastpath_figures["ratio reference / kernel (single check)"] = ratio
+
+
+# -- the state floor -----------------------------------------------------------------------
+
+STATE_FLOOR_SOURCE = Path(__file__).with_name("state_floor.c")
+#: Batches per run (benchmarks enabled / CI short mode) and the first ones left out of the
+#: figures on both sides (caches, page faults and branch predictors still warming up).
+FLOOR_BATCHES, FLOOR_BATCHES_SHORT, FLOOR_WARMUP_BATCHES = 12, 3, 2
+#: The checks the floor evaluates: those that read or write per-order state. The rest of the
+#: catalogue is stateless (validity, tick, lot, restrictions, order size and notional,
+#: collar, missing limits) and the floor leaves it out, so only these bits are compared;
+#: max_order_qty in particular differs by design (the floor ignores account x symbol
+#: override rows, which only touch that stateless limit in these rules).
+STATE_CHECKS = (
+    Check.REFERENCE_PRICE_MISSING,
+    Check.REFERENCE_PRICE_STALE,
+    Check.TRADING_HALTED,
+    Check.CREDIT_LIMIT_EXCEEDED,
+    Check.LONG_POSITION_LIMIT_EXCEEDED,
+    Check.SHORT_POSITION_LIMIT_EXCEEDED,
+    Check.ACCOUNT_ORDER_RATE_EXCEEDED,
+    Check.STRATEGY_ORDER_RATE_EXCEEDED,
+    Check.DUPLICATE_CLIENT_ORDER_ID,
+    Check.DUPLICATE_ORDER_CONTENT,
+    Check.MAX_WORKING_ORDERS_EXCEEDED,
+    Check.SELF_MATCH_PREVENTED,
+    Check.STATE_CAPACITY_EXHAUSTED,
+)
+#: Stage A of the kernel (invalid fields, unknown ids): such an order is decided there and
+#: never reaches the state checks, so it is left out of the comparison.
+STAGE_A_CHECKS = (
+    Check.INVALID_SIDE,
+    Check.INVALID_ORDER_TYPE,
+    Check.INVALID_QUANTITY,
+    Check.INVALID_PRICE,
+    Check.UNKNOWN_ACCOUNT,
+    Check.UNKNOWN_SYMBOL,
+    Check.UNKNOWN_STRATEGY,
+)
+
+
+def _mask(checks) -> np.uint64:
+    return np.uint64(sum(1 << int(c) for c in checks))
+
+
+def compile_state_floor(directory: Path) -> Path:
+    """Build bench/state_floor.c with the compiler Python was built with (the one that
+    builds the kernel)."""
+    binary = directory / "state_floor"
+    command = [*shlex.split(sysconfig.get_config_var("CC") or "cc"), "-O2", str(STATE_FLOOR_SOURCE), "-o", str(binary)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"compiling the state floor failed ({shlex.join(command)}):\n{built.stderr}")
+    return binary
+
+
+def dump_floor_rules(market: Market, directory: Path) -> None:
+    """The rule columns state_floor.c reads (file names and units: its header comment)."""
+    tables = market.rules.tables
+
+    def bounded(column) -> np.ndarray:  # the floor reads "no limit" as INT64_MAX
+        values = np.array(column, np.int64)
+        values[values == LIMIT_UNSET] = LIMIT_UNLIMITED
+        return values
+
+    def rate_orders(column) -> np.ndarray:  # the floor reads "no bucket" as 0
+        values = np.array(column, np.int64)
+        values[(values == LIMIT_UNSET) | (values == LIMIT_UNLIMITED)] = 0
+        return values
+
+    n_symbols = len(tables.symbol_limits)
+    reference_prices = np.zeros(n_symbols, np.int64)
+    reference_prices[market.symbol_ids] = market.reference_prices[market.symbol_ids]
+    columns = {
+        "account_limits.i64": bounded(tables.account_limits),
+        "account_credit_limit.i64": bounded(tables.account_credit_limit),
+        "account_max_working.i64": bounded(tables.account_max_working),
+        "account_rate_orders.i64": rate_orders(tables.account_rate_orders),
+        "account_rate_window_ns.i64": np.asarray(tables.account_rate_window_ns, np.int64),
+        "account_dup_window_ns.i64": np.asarray(tables.account_dup_window_ns, np.int64),
+        "account_self_match.u8": np.asarray(tables.account_self_match, np.uint8),
+        "symbol_limits.i64": bounded(tables.symbol_limits),
+        "symbol_multiplier.i64": np.asarray(tables.symbol_multiplier, np.int64),
+        "symbol_max_ref_age_ns.i64": np.asarray(tables.symbol_max_ref_age_ns, np.int64),
+        "symbol_reference_price.i64": reference_prices,
+        "symbol_reference_ts_ns.i64": np.full(n_symbols, T0, np.int64),  # as Market.kernel() sets them
+        "strategy_rate_orders.i64": rate_orders(tables.strategy_rate_orders),
+        "strategy_rate_window_ns.i64": np.asarray(tables.strategy_rate_window_ns, np.int64),
+    }
+    for name, values in columns.items():
+        np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tofile(directory / name)
+
+
+def dump_floor_batch(directory: Path, index: int, flow: OrderFlow, accepted: np.ndarray) -> None:
+    suffixes = {np.dtype(np.int32): "i32", np.dtype(np.int8): "i8", np.dtype(np.int64): "i64"}
+    for name, column in flow.__dict__.items():
+        column = np.ascontiguousarray(column)
+        column.astype(column.dtype.newbyteorder("<")).tofile(directory / f"batch_{index:02d}_{name}.{suffixes[column.dtype]}")
+    accepted.astype(np.uint8).tofile(directory / f"batch_{index:02d}_accepted.u8")
+
+
+def test_state_floor_same_run(benchmark, scale, fastpath_figures, tmp_path):
+    """(d) the state floor: bench/state_floor.c does only the per-order state work of the
+    catalogue over the same flow, applying the kernel's accepts; its failures of the state
+    checks equal the kernel's, order by order, and check_batch is timed in the same run."""
+    binary = compile_state_floor(tmp_path)
+    market = Market(scale)  # its own: the module's market rng stays as the other tests expect
+    kernel = market.kernel()
+    n_batches = FLOOR_BATCHES_SHORT if benchmark.disabled else FLOOR_BATCHES
+    n = scale.batch
+    out = BatchOutput.empty(n)
+    dump_floor_rules(market, tmp_path)
+    kernel_ns_per_order, kernel_failed = [], []
+    previous_handles = np.empty(0, np.int64)
+    for index in range(n_batches):
+        release_all(kernel, previous_handles)  # as test_check_batch_per_order: untimed
+        flow = market.flow(n)
+        start = time.perf_counter_ns()
+        run_batch(kernel, flow, out)
+        kernel_ns_per_order.append((time.perf_counter_ns() - start) / n)
+        previous_handles = out.handles[out.handles >= 0].copy()
+        kernel_failed.append(out.failed.copy())
+        dump_floor_batch(tmp_path, index, flow, out.failed == 0)
+
+    # The floor times itself (CLOCK_MONOTONIC around each batch); pedantic runs the process
+    # once, in both modes, so the test also runs under --benchmark-only (which skips tests
+    # without the benchmark fixture). pytest-benchmark's own figure is that process's wall
+    # time, start-up and file reading included: the table's figures are the in-run ones.
+    def run_floor():
+        return subprocess.run(
+            [str(binary), str(tmp_path), str(n_batches)], capture_output=True, text=True, timeout=300, check=True
+        )
+
+    report = json.loads(benchmark.pedantic(run_floor, rounds=1, iterations=1).stdout)
+    assert report["orders_per_batch"] == n and len(report["ns_per_order"]) == n_batches
+
+    state_bits, stage_a_bits = _mask(STATE_CHECKS), _mask(STAGE_A_CHECKS)
+    for index, failed in enumerate(kernel_failed):
+        floor_failed = np.fromfile(tmp_path / f"batch_{index:02d}_floor_failed.u64", np.dtype("<u8"))
+        decided_by_state = (failed & stage_a_bits) == 0
+        assert decided_by_state.sum() > 0.9 * n
+        differ = np.flatnonzero(decided_by_state & (((floor_failed ^ failed) & state_bits) != 0))
+        assert differ.size == 0, (
+            f"batch {index}: {differ.size} orders differ on state checks, first #{differ[0]}: "
+            f"kernel {int(failed[differ[0]]):#x}, floor {int(floor_failed[differ[0]]):#x}"
+        )
+    # the comparison bites: state checks fail in this flow
+    assert int(np.bitwise_or.reduce(np.concatenate(kernel_failed))) & int(state_bits)
+
+    if not benchmark.disabled:
+        floor = np.array(report["ns_per_order"][FLOOR_WARMUP_BATCHES:])
+        checked = np.array(kernel_ns_per_order[FLOOR_WARMUP_BATCHES:])
+        figures = {
+            "state floor ns/order (median batch)": float(np.median(floor)),
+            "state floor ns/order (fastest batch)": float(floor.min()),
+            "check_batch ns/order, same run (median batch)": float(np.median(checked)),
+            "check_batch ns/order, same run (fastest batch)": float(checked.min()),
+        }
+        figures["check_batch / state floor (median batches)"] = (
+            figures["check_batch ns/order, same run (median batch)"] / figures["state floor ns/order (median batch)"]
+        )
+        fastpath_figures.update(figures)
+        benchmark.extra_info.update(
+            batch_orders=n,
+            batches_timed=len(floor),
+            floor_ns_per_order=round(figures["state floor ns/order (median batch)"], 1),
+            floor_ns_per_order_min=round(figures["state floor ns/order (fastest batch)"], 1),
+            check_batch_ns_per_order=round(figures["check_batch ns/order, same run (median batch)"], 1),
+            check_batch_ns_per_order_min=round(figures["check_batch ns/order, same run (fastest batch)"], 1),
+            check_batch_over_floor=round(figures["check_batch / state floor (median batches)"], 2),
+        )
