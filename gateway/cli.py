@@ -10,7 +10,9 @@ Subcommands::
     pretrade token new    make a bearer token and the token-file entry that admits it
 
 Every subcommand takes ``--data-dir``, ``--target``, ``--token`` (or ``PRETRADE_TOKEN``) and
-``--json``; the commands that call the gateway take ``--tls-ca`` (TLS, trusting that CA) and
+``--json``, except ``fix run``/``mt5 run`` (no ``--json``; their ``--target``/``--token``
+replace their file's: :func:`add_adapter_options`) and the ledger's (ledger/cli.py); the
+commands that call the gateway take ``--tls-ca`` (TLS, trusting that CA) and
 ``--tls-client-cert``/``--tls-client-key`` (mutual TLS), see :func:`client_credentials`.
 ``up``/``serve`` serve TLS with ``--tls-cert``/``--tls-key`` (and ``--tls-client-ca`` to
 require client certificates). Errors are one readable line on stderr, never a traceback.
@@ -60,10 +62,10 @@ class _Parser(argparse.ArgumentParser):
 def _common_options(client_tls: bool = True) -> argparse.ArgumentParser:
     """The shared flags; ``client_tls``: with the ``--tls-*`` client flags (commands that
     call the gateway and honor them)."""
-    from gateway.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN
+    from gateway.config import DEFAULT_LISTEN
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
+    _add_data_dir_option(common)
     common.add_argument(
         "--target", default=DEFAULT_LISTEN, help="gateway address to call (default: %(default)s)"
     )
@@ -74,10 +76,30 @@ def _common_options(client_tls: bool = True) -> argparse.ArgumentParser:
     return common
 
 
+def _add_data_dir_option(parser: argparse.ArgumentParser) -> None:
+    from gateway.config import DEFAULT_DATA_DIR
+
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
+
+
+def add_adapter_options(parser: argparse.ArgumentParser, section: str) -> None:
+    """The flags of ``fix run`` and ``mt5 run``, whose configuration file (its ``section``)
+    already names the gateway: ``--data-dir``, ``--target``, ``--token`` and the ``--tls-*``
+    client flags. ``--target``/``--token`` default to None so that a value given on the
+    command line, in any form argparse accepts, replaces the file's and none leaves it; no
+    ``--json``: the adapters print nothing to format."""
+    _add_data_dir_option(parser)
+    parser.add_argument("--target", help=f"gateway address to call (default: the file's {section}.target)")
+    parser.add_argument(
+        "--token", help=f"bearer token (default: the file's {section}.token / token_env, else ${TOKEN_ENV_VAR})"
+    )
+    add_client_tls_options(parser)
+
+
 def add_client_tls_options(parser: argparse.ArgumentParser) -> None:
     """``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key``: how a command that calls
     the gateway connects (:func:`client_credentials`): ``check``, the halt, ledger and
-    watchdog commands, ``fix run`` and ``mt5 run``."""
+    watchdog commands, ``fix run`` and ``mt5 run`` (:func:`add_adapter_options`)."""
     parser.add_argument(
         "--tls-ca", metavar="PEM", help="connect with TLS, trusting the gateway certificate's CA in this file"
     )
@@ -167,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = _common_options()
     # Commands without the shared --tls-* client flags: up/serve serve TLS themselves
-    # (--tls-cert), rules/token never call the gateway, and `watchdogs run`, `fix run` and
-    # `mt5 run` add the client flags themselves.
+    # (--tls-cert), rules/token never call the gateway, and `watchdogs run` adds the client
+    # flags itself (`fix run`/`mt5 run` take add_adapter_options instead of these).
     local = _common_options(client_tls=False)
     parser = _Parser(prog="pretrade", description="Low-latency pre-trade risk gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -243,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     halts.cli.register(commands, common)
     ledger.cli.register(commands)
     watchdogs.cli.register(commands, local)
-    clients.adapters.fix.cli.register(commands, local)
-    clients.adapters.mt5.cli.register(commands, local)
+    clients.adapters.fix.cli.register(commands)
+    clients.adapters.mt5.cli.register(commands)
     return parser
 
 

@@ -79,15 +79,23 @@ def _seconds(text: str) -> float:
 
 
 def _common_options() -> argparse.ArgumentParser:
+    """The flags of every ledger subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
-    common.add_argument("--target", help="ask the LedgerService at this address instead of reading --data-dir")
-    common.add_argument("--token", help=f"bearer token for --target (default: ${TOKEN_ENV_VAR})")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    return common
+
+
+def _remote_options() -> argparse.ArgumentParser:
+    """The client flags of the subcommands that can ask a LedgerService (``proof``,
+    ``explain``); the others read ``--data-dir`` only and do not offer flags they would ignore."""
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--target", help="ask the LedgerService at this address instead of reading --data-dir")
+    remote.add_argument("--token", help=f"bearer token for --target (default: ${TOKEN_ENV_VAR})")
     from gateway.cli import add_client_tls_options  # --tls-ca etc., for --target
 
-    add_client_tls_options(common)
-    return common
+    add_client_tls_options(remote)
+    return remote
 
 
 def register(subparsers) -> None:
@@ -100,6 +108,7 @@ def register(subparsers) -> None:
     from ledger.metrics import DEFAULT_METRICS_LISTEN, METRICS_OFF
 
     common = _common_options()
+    remote = [common, _remote_options()]
     ledger = subparsers.add_parser("ledger", help="the decision ledger: run, verify, prove, explain, export")
     commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
 
@@ -139,12 +148,12 @@ def register(subparsers) -> None:
     verify.add_argument("--verifier-key", help="verifier key file (default: <data-dir>/ledger-signing.vkey if present)")
     verify.set_defaults(handler=_cmd_verify)
 
-    proof = commands.add_parser("proof", parents=[common], help="an entry's inclusion proof")
+    proof = commands.add_parser("proof", parents=remote, help="an entry's inclusion proof")
     proof.add_argument("--seq", type=int, required=True, metavar="N", help="entry index")
     proof.add_argument("--tree-size", type=int, help="prove against this size (default: the latest checkpoint)")
     proof.set_defaults(handler=_cmd_proof)
 
-    explain = commands.add_parser("explain", parents=[common], help="an order's trail and explanation")
+    explain = commands.add_parser("explain", parents=remote, help="an order's trail and explanation")
     explain.add_argument("--account")
     explain.add_argument("--client-order-id")
     explain.add_argument("--trace-id", help="explain the order(s) of this trace id instead (local only)")

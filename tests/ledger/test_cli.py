@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,32 @@ def test_a_bad_health_interval_is_one_line(tmp_path, capsys, monkeypatch, flag, 
     assert code == EXIT_ERROR
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "data").exists()  # refused before opening anything
+
+
+CLIENT_FLAGS = {"--target", "--token", "--tls-ca", "--tls-client-cert", "--tls-client-key"}
+
+
+def _help_flags(capsys, subcommand) -> set[str]:
+    code, out, _ = run(capsys, subcommand, "--help")
+    assert code == EXIT_OK
+    return set(re.findall(r"--[a-z][a-z-]*", out))
+
+
+@pytest.mark.parametrize("subcommand", ["run", "keygen", "verify", "export", "verify-pack"])
+def test_local_subcommands_offer_no_client_flags(capsys, subcommand):
+    flags = _help_flags(capsys, subcommand)
+    assert not flags & CLIENT_FLAGS, flags
+    if subcommand == "run":  # its own server flags, for --listen
+        assert {"--listen", "--tokens", "--tls-cert", "--tls-key", "--tls-client-ca"} <= flags, flags
+
+
+def test_ledger_run_refuses_client_flags(tmp_path, capsys):
+    code, _, err = run(capsys, "run", "--data-dir", tmp_path, "--tls-ca", tmp_path / "ca.pem")
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and "unrecognized arguments: --tls-ca" in err, err
+
+
+@pytest.mark.parametrize("subcommand", ["proof", "explain"])
+def test_remote_subcommands_keep_client_flags(capsys, subcommand):
+    flags = _help_flags(capsys, subcommand)
+    assert CLIENT_FLAGS <= flags, flags

@@ -1,43 +1,44 @@
 """``pretrade fix run --config FILE``: run the FIX adapter (needs ``pretrade[fix]``).
 
-Register with ``clients.adapters.fix.cli.register(subparsers, common)``. ``--token``
-overrides the file's ``gateway.token``; ``--tls-ca``/``--tls-client-cert``/``--tls-client-key``
+Register with ``clients.adapters.fix.cli.register(subparsers)``. ``--target``/``--token``
+(:func:`gateway.cli.add_adapter_options`), when given, replace the file's
+``gateway.target``/``gateway.token``; ``--tls-ca``/``--tls-client-cert``/``--tls-client-key``
 (as for every command that calls the gateway), when given, replace the file's
 ``gateway.tls_*`` keys.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from gateway.cli import add_client_tls_options
+from gateway.cli import add_adapter_options
 
 
-def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
-    parents = [common] if common is not None else []
+def register(subparsers) -> None:
     fix = subparsers.add_parser("fix", help="FIX 4.4 adapter (QuickFIX)")
     commands = fix.add_subparsers(dest="fix_command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", parents=parents, help="run the FIX adapter")
+    run = commands.add_parser("run", help="run the FIX adapter")
     run.add_argument("--config", required=True, help="adapter configuration (TOML, see examples/fix/)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    add_client_tls_options(run)
+    add_adapter_options(run, "gateway")
     run.set_defaults(handler=cmd_run)
 
 
 def build_config(args):
-    """The adapter configuration of ``args``: the ``--config`` file's, with ``--token`` and the
-    ``--tls-*`` flags (checked by ``gateway.cli.client_credentials``) over the file's. Raises
-    ``FixConfigError`` or ``clients.tls.TlsFileError`` (one line each)."""
+    """The adapter configuration of ``args``: the ``--config`` file's, with ``--target``,
+    ``--token`` and the ``--tls-*`` flags (checked by ``gateway.cli.client_credentials``) over
+    the file's. Raises ``FixConfigError`` or ``clients.tls.TlsFileError`` (one line each)."""
     from clients.adapters.fix.config import load_fix_config
     from gateway.cli import client_credentials
 
-    config = load_fix_config(args.config, getattr(args, "data_dir", None))
+    config = load_fix_config(args.config, args.data_dir)
     credentials = client_credentials(args)
     if credentials is not None:
         config.credentials = credentials
-    if getattr(args, "token", None):
+    if args.target is not None:
+        config.target = args.target
+    if args.token:
         config.token = args.token
     return config
 

@@ -1,32 +1,31 @@
 """``pretrade mt5 run --config FILE``: run the MT5 bridge.
 
-Register with ``clients.adapters.mt5.cli.register(subparsers, common)`` (as gateway/cli.py
-does for halts.cli). ``--target``/``--token`` of the common options override the file's
+Register with ``clients.adapters.mt5.cli.register(subparsers)``. ``--target``/``--token``
+(:func:`gateway.cli.add_adapter_options`), when given, replace the file's
 ``bridge.target``/``bridge.token``; ``--tls-ca``/``--tls-client-cert``/``--tls-client-key`` (as
-for every command that calls the gateway), when given, replace the file's ``bridge.tls_*``. The execution reports owed to the gateway are kept in
-``bridge.state_file``, else ``<--data-dir>/mt5/reports.sqlite``.
+for every command that calls the gateway), when given, replace the file's ``bridge.tls_*``.
+The execution reports owed to the gateway are kept in ``bridge.state_file``, else
+``<--data-dir>/mt5/reports.sqlite``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
 import sys
 
-from gateway.cli import add_client_tls_options
+from gateway.cli import add_adapter_options
 
 
-def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
-    parents = [common] if common is not None else []
+def register(subparsers) -> None:
     mt5 = subparsers.add_parser("mt5", help="MetaTrader 5 bridge")
     mt5_commands = mt5.add_subparsers(dest="mt5_command", required=True, metavar="COMMAND")
-    run = mt5_commands.add_parser("run", parents=parents, help="run the MT5 bridge")
+    run = mt5_commands.add_parser("run", help="run the MT5 bridge")
     run.add_argument("--config", required=True, help="bridge configuration (TOML, see docs/adapters.md)")
     run.add_argument("--listen", help="override bridge.listen (host:port)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    add_client_tls_options(run)
+    add_adapter_options(run, "bridge")
     run.set_defaults(handler=cmd_run)
 
 
@@ -36,18 +35,17 @@ def build_config(args):
     from clients.adapters.mt5.config import load_config
     from gateway.cli import client_credentials
 
-    config = load_config(args.config, getattr(args, "data_dir", None))
+    config = load_config(args.config, args.data_dir)
     overrides = {}
     credentials = client_credentials(args)
     if credentials is not None:
         overrides["credentials"] = credentials
-    if getattr(args, "listen", None):
+    if args.listen:
         overrides["listen"] = args.listen
-    token = getattr(args, "token", None) or (None if config.token else os.environ.get("PRETRADE_TOKEN"))
+    token = args.token or (None if config.token else os.environ.get("PRETRADE_TOKEN"))
     if token:
         overrides["token"] = token
-    # --target of the common options has a default; only a value given on the command line wins
-    if getattr(args, "target", None) and "--target" in " ".join(sys.argv):
+    if args.target is not None:
         overrides["target"] = args.target
     return dataclasses.replace(config, **overrides)
 
