@@ -41,8 +41,6 @@ from fastpath.codes import (
     LIMIT_UNLIMITED,
     LIMIT_UNSET,
     N_CHECKS,
-    NS_PER_MS,
-    PRICE_SCALE,
     QTY_SCALE,
     Check,
     OrderType,

@@ -261,7 +261,6 @@ async def _ingest_at_rate(url: str, data_dir: Path, rate_per_s: float, duration_
     try:
         control.send("go")
         cpu_started = time.process_time()
-        started = time.perf_counter()
         while not control.poll():
             lag_entries.append(published.value - store.size())
             if (len(lag_entries) - 1) % LAG_S_SAMPLE_EVERY == 0:  # a JetStream request per source

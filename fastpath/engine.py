@@ -36,7 +36,6 @@ from fastpath.reference import (
     DEFAULT_CLIENT_ORDER_ID_MEMORY,
     DEFAULT_MAX_ORDERS,
     DEFAULT_MAX_POSITIONS,
-    ReferenceKernel,
 )
 
 try:  # the compiled kernel; absent only in a source tree that was never built

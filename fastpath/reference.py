@@ -38,7 +38,6 @@ from fastpath.codes import (
     LIMIT_UNLIMITED,
     LIMIT_UNSET,
     PPM_SCALE,
-    STAGE_A_MASK,
     Check,
     ExecStatus,
     LimitKind,

@@ -474,7 +474,7 @@ def _cmd_proof(args) -> int:
             raise ProofVerificationError("the entry does not hash to its stored leaf hash")
         merkle.verify_inclusion(hasher, proof.leaf_index, proof.tree_size, proof.leaf_hash, list(proof.hashes), proof.root_hash)
     except ProofVerificationError as exc:
-        raise LedgerCommandError(f"entry {args.seq}: the ledger's own proof does not verify ({exc}); run `pretrade ledger verify`")
+        raise LedgerCommandError(f"entry {args.seq}: the ledger's own proof does not verify ({exc}); run `pretrade ledger verify`") from None
     document = _proof_document(entry, proof, checkpoint)
     if args.json:
         _print_json(document)

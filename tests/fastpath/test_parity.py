@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpath.codes import NS_PER_MS, PRICE_SCALE, QTY_SCALE, Check, Scope
-from fastpath.fixedpoint import to_fixed
 from fastpath.reference import ReferenceKernel
 from fastpath.rules import compile_rules
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ledger.cli
-from ledger.cli import EXIT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, main
+from ledger.cli import EXIT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, LedgerCommandError, main
 from ledger.ingest import DECISIONS_SOURCE, GATEWAY_EVENTS_SOURCE, LedgerWriter, ReceivedBatch
 from ledger.layout import ledger_path, write_key_pair
 from tests.ledger.ingest_harness import decision, execution_event, rules_event
@@ -144,7 +143,7 @@ def test_run_takes_the_health_interval_from_the_flag_else_the_environment(tmp_pa
     class StoppingRuntime:
         def __init__(self, data_dir, **options) -> None:
             seen.update(options)
-            raise ledger.cli.LedgerCommandError("stopped by the test")
+            raise LedgerCommandError("stopped by the test")
 
     monkeypatch.setattr(ledger.runtime, "LedgerRuntime", StoppingRuntime)
     if environment is None:

@@ -23,8 +23,8 @@ def tls_files(tmp_path_factory):
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
-async def _serving(data_dir, nats_server, *tls_flags) -> LedgerProcess:
-    process = LedgerProcess(data_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
+async def _serving(ledger_dir, nats_server, *tls_flags) -> LedgerProcess:
+    process = LedgerProcess(ledger_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
                             "--metrics-listen", "off", *tls_flags)
     await process.start()
     return process
