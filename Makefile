@@ -9,7 +9,7 @@ SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd gateway/*.pyx gateway/*.pxd 
 DATA_DIR ?= .pretrade
 RULES ?= examples/rules.toml
 
-.PHONY: install build test run bench bench-short clean
+.PHONY: install build lint test run bench clean
 
 install: $(STAMP) build
 
@@ -26,9 +26,14 @@ $(VENV)/.build-stamp: $(SOURCES) setup.py | $(STAMP)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
-# The whole suite, with the benchmarks in short mode (each runs once, untimed, so they
-# cannot rot; their behavioural asserts still hold).
-test: install
+# Pyflakes and bugbear errors (unused imports, undefined names, likely bugs); the rule set
+# is in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+
+# Lint, then the whole suite, with the benchmarks in short mode (each runs once, untimed,
+# so they cannot rot; their behavioural asserts still hold).
+test: lint
 	$(BIN)/python -m pytest --benchmark-disable $(PYTEST_ARGS)
 
 run: install

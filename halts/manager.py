@@ -730,7 +730,7 @@ class HaltManager:
         await self._republish()
         snapshot = await self.store.snapshot()
         now = self._clock()
-        for key, versioned in snapshot.requests.items():
+        for versioned in snapshot.requests.values():
             request = versioned.record
             if request.status == halts_pb2.APPROVAL_STATUS_PENDING:
                 if now >= request.expires_ns:

@@ -112,7 +112,8 @@ def test_kill_minus_9_mid_ingest_then_restart(nats_server, tmp_path):
             worker = WorkerProcess(data_dir, nats_server.url, log_path)
             try:
                 reader = reader or open_reader(data_dir)
-                wait_until(lambda: reader.size() >= kill_at, INGEST_TIMEOUT_S, f"{kill_at} entries")
+                # (the lambda runs inside this iteration: binding the loop variables late is right)
+                wait_until(lambda: reader.size() >= kill_at, INGEST_TIMEOUT_S, f"{kill_at} entries")  # noqa: B023
             finally:
                 assert worker.kill() == -signal.SIGKILL, log_path.read_text()[-3000:]
             assert reader.size() < DECISIONS, "the kill came too late to interrupt ingest"
