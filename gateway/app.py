@@ -290,6 +290,7 @@ class GatewayApp:
         self.halt_follower = HaltFollower(
             self._halt_nc,
             self.engine,
+            gateway_id=self.config.gateway_id,
             reload_rules=lambda overrides: self.reloader.reload(overrides=overrides),
             on_cancel_all=self.gateway_servicer.broadcast_control,
             on_ready_change=self._on_halt_state_ready,

@@ -15,6 +15,12 @@ TLS with ``--tls-ca`` (and ``--tls-client-cert/--tls-client-key`` for mutual TLS
 :func:`register` adds them to the ``pretrade`` parser; call it from ``gateway.cli``'s
 ``build_parser`` (imported there lazily, like everything else, since this module imports
 ``gateway.cli``). Failures raise ``gateway.cli.CommandError``: one line, exit code 2.
+
+A change (halt, kill, resume, approval) prints, after its own line, one line per live
+gateway: ``gw-1 CONFIRMED rev 42``, ``gw-2 FAILED_CLOSED (rejecting every order, last
+applied rev 40)`` or ``gw-3 UNCONFIRMED (last applied rev 40)``. An UNCONFIRMED gateway
+is also a ``pretrade: warning:`` on stderr, as other warnings of ``pretrade`` are; the
+exit code stays 0, because the change is written and stands.
 """
 
 from __future__ import annotations
@@ -148,7 +154,9 @@ def cmd_halt(args) -> int:
         resume_to=_state(_RESUME_STATES[args.resume_to]),
     )
     response = _call(args, "RequestHalt", request)
-    _print(args, response, [f"{_describe_state(response.halt)} (was {_state_name(response.previous_state)})"])
+    lines = [f"{_describe_state(response.halt)} (was {_state_name(response.previous_state)})"]
+    _print(args, response, lines + _describe_gateways(response.gateways))
+    _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
 
@@ -163,8 +171,9 @@ def cmd_resume(args) -> int:
     if response.HasField("pending"):
         lines = _describe_pending(response.pending)
     else:
-        lines = [_describe_state(response.halt)]
+        lines = [_describe_state(response.halt), *_describe_gateways(response.gateways)]
     _print(args, response, lines)
+    _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
 
@@ -176,7 +185,10 @@ def cmd_approve(args) -> int:
         lines.append("  " + _describe_state(response.halt))
     if response.HasField("override"):
         lines.append("  " + _describe_override(response.override))
+    if response.HasField("halt") or response.HasField("override"):
+        lines += _describe_gateways(response.gateways)
     _print(args, response, lines)
+    _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
 
@@ -222,7 +234,8 @@ def cmd_kill(args) -> int:
     )
     response = _call(args, "RequestHalt", request)
     summary = f"KILL SWITCH: {_describe_state(response.halt)}; CANCEL_ALL sent to every order stream"
-    _print(args, response, [summary])
+    _print(args, response, [summary, *_describe_gateways(response.gateways)])
+    _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
 
@@ -388,6 +401,33 @@ def _describe_override(override: halts_pb2.Override) -> str:
         f"{kind:<8} {override.override_id}: {_override_target(override)} {_override_settings(override)} "
         f"until {_when(override.expires_ns)} (by {who}): {override.reason}"
     )
+
+
+def _describe_gateways(gateways) -> list[str]:
+    """One line per live gateway: whether it enforces the change just made."""
+    if not gateways:
+        return ["  no gateway is reporting to this halt manager"]
+    lines = []
+    for gateway in gateways:
+        status = halts_pb2.ConfirmationStatus.Name(gateway.status).removeprefix("CONFIRMATION_STATUS_")
+        if gateway.status == halts_pb2.CONFIRMATION_STATUS_CONFIRMED:
+            detail = f"rev {gateway.applied_revision}"
+        elif gateway.status == halts_pb2.CONFIRMATION_STATUS_FAILED_CLOSED:
+            detail = f"(rejecting every order, last applied rev {gateway.applied_revision})"
+        else:
+            detail = f"(last applied rev {gateway.applied_revision})"
+        lines.append(f"  {gateway.gateway_id} {status} {detail}")
+    return lines
+
+
+def _warn_unconfirmed(gateways) -> None:
+    lagging = [g.gateway_id for g in gateways if g.status == halts_pb2.CONFIRMATION_STATUS_UNCONFIRMED]
+    if lagging:
+        print(
+            f"pretrade: warning: not confirmed in time by {', '.join(lagging)}: the change stands; "
+            "a gateway applies it when its watch delivers it, or fails closed",
+            file=sys.stderr,
+        )
 
 
 def _describe_snapshot(snapshot: halts_pb2.ListHaltsResponse) -> list[str]:

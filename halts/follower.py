@@ -27,6 +27,14 @@ every order with ``HALT_STATE_UNAVAILABLE`` and reports NOT_SERVING. The followe
 trying to reload the whole bucket; when it has, ``ready`` turns True again. After every
 NATS reconnect the follower reloads the bucket at once, without waiting for the bound.
 
+Confirmation: the follower tells the halt manager what this gateway enforces, so that the
+operator's answer can say which gateways hold a change. It publishes a ``HaltsApplied``
+(gateway id, the bucket revision applied up to, ``ready``) on
+``pretrade.v1.halts.applied.<gateway_id>`` right after it applies a change or a reload,
+and every ``applied_heartbeat_s`` so that the manager knows the gateway is alive. While
+NATS is not connected it publishes nothing (a stale report buffered for the reconnect
+would claim a currency the gateway may have lost).
+
 The hooks (sync functions or coroutine functions):
 
 ``reload_rules(overrides: Sequence[fastpath.rules.LimitOverride])``
@@ -68,7 +76,15 @@ from halts.model import (
     state_to_proto,
 )
 from halts.store import NATS_ERRORS, decode_record, is_removal, open_bucket
-from halts.subjects import HALTS_BUCKET, HALTS_BUCKET_STREAM, OVERRIDE_KEY_PREFIX, STATE_KEY_PREFIX, key_kind
+from halts.subjects import (
+    DEFAULT_APPLIED_HEARTBEAT_S,
+    HALTS_BUCKET,
+    HALTS_BUCKET_STREAM,
+    OVERRIDE_KEY_PREFIX,
+    STATE_KEY_PREFIX,
+    applied_subject,
+    key_kind,
+)
 from pretrade.v1 import halts_pb2
 
 log = logging.getLogger(__name__)
@@ -93,6 +109,7 @@ class HaltFollower:
         nc: NatsClient,
         engine,
         *,
+        gateway_id: str,
         reload_rules: Callable[[Sequence[LimitOverride]], object],
         on_cancel_all: Callable[[object], object],
         on_ready_change: Callable[[bool], object] | None = None,
@@ -102,11 +119,16 @@ class HaltFollower:
         probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+        applied_heartbeat_s: float = DEFAULT_APPLIED_HEARTBEAT_S,
     ) -> None:
         """``nc``: a connected NATS client that reconnects forever (``allow_reconnect=True,
-        max_reconnect_attempts=-1``); ``clock``: Unix epoch ns, for override expiry;
-        ``monotonic``: seconds, for staleness."""
+        max_reconnect_attempts=-1``); ``gateway_id``: whom the ``HaltsApplied`` reports
+        speak for; ``clock``: Unix epoch ns, for override expiry; ``monotonic``: seconds,
+        for staleness."""
         self._nc = nc
+        self._gateway_id = gateway_id
+        self._applied_subject = applied_subject(gateway_id)
+        self._applied_heartbeat_s = applied_heartbeat_s
         self._js = nc.jetstream(timeout=load_timeout_s)
         self._engine = engine
         self._reload_rules = reload_rules
@@ -136,6 +158,7 @@ class HaltFollower:
         self._watcher = None
         self._watch_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
         self._reload_task: asyncio.Task | None = None
         self._reload_wanted = False
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -174,6 +197,7 @@ class HaltFollower:
                 await asyncio.sleep(self._retry_interval_s)
         self._reconnects_seen = self._nc.stats["reconnects"]
         self._supervisor = asyncio.create_task(self._supervise(), name="halt-follower-supervisor")
+        self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="halt-follower-heartbeat")
 
     async def stop(self) -> None:
         """Stop following: ``ready`` turns False (without calling ``on_ready_change``: the
@@ -184,7 +208,13 @@ class HaltFollower:
             self._expiry_timer.cancel()
         tasks = [
             task
-            for task in (self._supervisor, self._watch_task, self._reload_task, *self._side_tasks)
+            for task in (
+                self._supervisor,
+                self._heartbeat,
+                self._watch_task,
+                self._reload_task,
+                *self._side_tasks,
+            )
             if task is not None and not task.done()
         ]
         for task in tasks:
@@ -247,6 +277,7 @@ class HaltFollower:
         self._needs_reload = False
         self._watch_task = asyncio.create_task(self._watch(watcher), name="halt-follower-watch")
         self._set_ready(True)
+        await self._announce()
         log.info(
             "halt state loaded: %d scope(s) not ACTIVE, %d override(s) in force",
             len(self.trading_states()),
@@ -262,6 +293,7 @@ class HaltFollower:
                 self._apply_entry(entry)
             finally:
                 self._revision_applied(max(self._seen_revision, entry.revision))
+            await self._announce()
 
     def _apply_entry(self, entry) -> None:
         kind = key_kind(entry.key)
@@ -305,6 +337,26 @@ class HaltFollower:
             finally:
                 timer.cancel()
         return True
+
+    async def _announce(self) -> None:
+        """Tell the halt managers what this gateway enforces (see the module docstring)."""
+        if not self._nc.is_connected:
+            return
+        applied = halts_pb2.HaltsApplied(
+            gateway_id=self._gateway_id, revision=self._seen_revision, ready=self._ready, at_ns=self._clock()
+        )
+        try:
+            await self._nc.publish(self._applied_subject, applied.SerializeToString())
+        except NATS_ERRORS as exc:
+            log.debug("halt applied report not sent: %r", exc)
+
+    async def _heartbeat_forever(self) -> None:
+        """Report every ``applied_heartbeat_s``, on a task of its own: the supervisor's probe
+        or reload can take seconds over a slow link, and a silent gateway drops out of the
+        manager's picture."""
+        while True:
+            await asyncio.sleep(self._applied_heartbeat_s)
+            await self._announce()
 
     async def _stop_watcher(self) -> None:
         if self._watch_task is not None:

@@ -3,8 +3,11 @@
 Every decision of the manager is written to the ``PRETRADE_HALTS`` KV bucket (with a
 compare-and-swap on the revision it read, :mod:`halts.store`) and announced as a
 ``HaltEvent`` on ``pretrade.v1.halts.<event>``. Gateways never talk to the manager: they
-follow the bucket (:mod:`halts.follower`). Several managers (one per ``pretrade up``) may
-serve the same bucket at once; the CAS writes keep them consistent.
+follow the bucket (:mod:`halts.follower`) and report what they enforce on
+``pretrade.v1.halts.applied.<gateway_id>`` (``HaltsApplied``), which the manager collects
+(:class:`GatewayTracker`) so that a change's answer says, gateway by gateway, whether it
+holds there. Several managers (one per ``pretrade up``) may serve the same bucket at once;
+the CAS writes keep them consistent.
 
 Time comes from an injectable ``clock`` (Unix epoch ns), so expiry is testable without
 sleeping.
@@ -21,13 +24,15 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
 from fastpath.rules import LimitOverride, check_override
 from gateway.aio import cancel_until_done
+from google.protobuf.message import DecodeError
+
 from halts.errors import (
     ConcurrentUpdateError,
     CorruptRecordError,
@@ -69,6 +74,8 @@ from halts.subjects import (
     EVENT_REJECTED,
     EVENT_REQUEST_EXPIRED,
     EVENT_STATE_CHANGED,
+    APPLIED_SUBJECT_WILDCARD,
+    DEFAULT_APPLIED_HEARTBEAT_S,
     EVENTS_SUBJECT_WILDCARD,
     event_subject,
     override_key,
@@ -99,6 +106,12 @@ DEFAULT_WATCH_QUEUE_EVENTS = 1_024
 DEFAULT_UNPUBLISHED_EVENTS_MAX = 10_000
 #: Longest a state change waits for the hosting gateway's follower to apply it, seconds.
 DEFAULT_LOCAL_APPLY_TIMEOUT_S = 1.0
+#: Longest a change waits for every live gateway to confirm it, seconds. Past it the answer
+#: lists the laggards UNCONFIRMED; the change stands.
+DEFAULT_CONFIRM_TIMEOUT_S = 1.0
+#: A gateway not heard from for this long is taken to be down and left out of the answers,
+#: seconds (three missed heartbeats).
+DEFAULT_GATEWAY_LIVENESS_S = 3 * DEFAULT_APPLIED_HEARTBEAT_S
 #: The actor of events the manager causes by itself (expiries).
 MANAGER_ACTOR = "halt-manager"
 
@@ -126,14 +139,88 @@ def new_id(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(8)}"
 
 
+#: Per live gateway, whether it enforces a change, ordered by gateway id.
+Confirmations = tuple[halts_pb2.GatewayConfirmation, ...]
+
+
 @dataclass(frozen=True)
 class Approval:
-    """The outcome of :meth:`HaltManager.approve`: the decided request and what it put in
-    force (the resumed scope's state, or the override), if anything."""
+    """The outcome of :meth:`HaltManager.approve`: the decided request, what it put in
+    force (the resumed scope's state, or the override), if anything, and then which
+    gateways confirmed it."""
 
     request: halts_pb2.ApprovalRequest
     halt: halts_pb2.HaltState | None = None
     override: halts_pb2.Override | None = None
+    gateways: Confirmations = field(default=())
+
+
+@dataclass(frozen=True)
+class _Report:
+    revision: int
+    ready: bool
+    heard_at: float  # the tracker's monotonic clock, seconds
+
+
+class GatewayTracker:
+    """What each gateway's follower last reported (``HaltsApplied``), by gateway id.
+
+    A gateway is live while it was heard from within ``liveness_s``; one silent for longer
+    is down (it accepts no orders) or cut off from NATS (its follower fails closed within
+    its staleness bound), and is forgotten. :meth:`confirm` waits, bounded, until every
+    live gateway has reported a revision or that it is failing closed.
+    """
+
+    def __init__(
+        self, *, liveness_s: float = DEFAULT_GATEWAY_LIVENESS_S, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._liveness_s = liveness_s
+        self._monotonic = monotonic
+        self._reports: dict[str, _Report] = {}
+        #: Set, then replaced, on every report (wakes confirm).
+        self._reported = asyncio.Event()
+
+    def report(self, applied: halts_pb2.HaltsApplied) -> None:
+        """Record a gateway's latest report."""
+        self._reports[applied.gateway_id] = _Report(applied.revision, applied.ready, self._monotonic())
+        self._reported.set()
+        self._reported = asyncio.Event()
+
+    def _live(self) -> dict[str, _Report]:
+        now = self._monotonic()
+        for gateway_id in [g for g, r in self._reports.items() if now - r.heard_at > self._liveness_s]:
+            del self._reports[gateway_id]
+        return self._reports
+
+    async def confirm(self, revision: int, timeout_s: float) -> Confirmations:
+        """Wait at most ``timeout_s`` until every live gateway has applied ``revision`` or
+        reported that it fails closed; then say where each stands."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(r.ready and r.revision < revision for r in self._live().values()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            reported = self._reported
+            timer = loop.call_later(remaining, reported.set)
+            try:
+                await reported.wait()
+            finally:
+                timer.cancel()
+        return tuple(
+            halts_pb2.GatewayConfirmation(
+                gateway_id=gateway_id, status=_confirmation_status(report, revision), applied_revision=report.revision
+            )
+            for gateway_id, report in sorted(self._live().items())
+        )
+
+
+def _confirmation_status(report: _Report, revision: int) -> int:
+    if not report.ready:
+        return halts_pb2.CONFIRMATION_STATUS_FAILED_CLOSED
+    if report.revision >= revision:
+        return halts_pb2.CONFIRMATION_STATUS_CONFIRMED
+    return halts_pb2.CONFIRMATION_STATUS_UNCONFIRMED
 
 
 class HaltManager:
@@ -184,10 +271,14 @@ class HaltManager:
         cas_attempts: int = DEFAULT_CAS_ATTEMPTS,
         decided_request_retention_s: float = DEFAULT_DECIDED_REQUEST_RETENTION_S,
         validate_override: Callable[[LimitOverride], None] = check_override,
+        confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        gateway_liveness_s: float = DEFAULT_GATEWAY_LIVENESS_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``validate_override`` raises a ``RulesError`` for an override the gateways would
         refuse; the default checks everything but the names and rates of a rules file
-        (``pretrade up`` compiles the override against its own rules file instead)."""
+        (``pretrade up`` compiles the override against its own rules file instead).
+        ``monotonic``: seconds, for the gateways' liveness."""
         self.store = store
         self._clock = clock
         self._request_ttl_ns = int(request_ttl_s * NS_PER_S)
@@ -200,22 +291,42 @@ class HaltManager:
             maxlen=DEFAULT_UNPUBLISHED_EVENTS_MAX
         )
         self._sweeper: asyncio.Task | None = None
+        self._confirm_timeout_s = confirm_timeout_s
+        self._gateways = GatewayTracker(liveness_s=gateway_liveness_s, monotonic=monotonic)
+        self._applied_subscription = None
         #: Set by a gateway that hosts this manager to its halt follower's ``wait_applied``:
         #: every state change then returns only once that gateway enforces it (bounded by
-        #: DEFAULT_LOCAL_APPLY_TIMEOUT_S). Other gateways follow on their own, within their
-        #: watch's delivery time (docs/halts.md).
+        #: DEFAULT_LOCAL_APPLY_TIMEOUT_S), without depending on that gateway's report
+        #: reaching the manager. Every gateway's report (including that one's) is then
+        #: awaited by :class:`GatewayTracker` and listed in the answer.
         self.wait_applied_locally: Callable[[int, float], Awaitable[bool]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the periodic sweep."""
+        """Start the periodic sweep and collect the gateways' ``HaltsApplied`` reports."""
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="halt-manager-sweep")
+        if self._applied_subscription is None:
+            self._applied_subscription = await self.store.subscribe_events(
+                APPLIED_SUBJECT_WILDCARD, self._on_applied
+            )
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             await cancel_until_done([self._sweeper])
             self._sweeper = None
+        if self._applied_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._applied_subscription.unsubscribe()
+            self._applied_subscription = None
+
+    async def _on_applied(self, message) -> None:
+        try:
+            applied = halts_pb2.HaltsApplied.FromString(message.data)
+        except DecodeError:
+            log.warning("ignoring an unreadable halt applied report on %s", message.subject)
+            return
+        self._gateways.report(applied)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -236,9 +347,10 @@ class HaltManager:
         *,
         cancel_all: bool = False,
         resume_to: TradingState | None = TradingState.ACTIVE,
-    ) -> tuple[halts_pb2.HaltState, TradingState]:
+    ) -> tuple[halts_pb2.HaltState, TradingState, Confirmations]:
         """Put ``scope`` into REDUCING or HALTED now; with ``cancel_all`` (FIRM, HALTED) this
-        is the kill switch. Returns the new state record and the state it replaced."""
+        is the kill switch. Returns the new state record, the state it replaced and which
+        gateways confirmed it (:meth:`_confirmed`)."""
         self._authorize(operator, "halt with cancel-all (kill switch)" if cancel_all else None)
         violations = self._scope_violations(scope, name) + _reason_violations(reason)
         if state not in (TradingState.REDUCING, TradingState.HALTED):
@@ -296,7 +408,7 @@ class HaltManager:
                 reason,
                 " (kill switch: cancel-all sent)" if cancel_all else "",
             )
-            return halt, previous
+            return halt, previous, await self._confirmed(revision)
         raise self._contended(scope_label(scope, name))
 
     async def _applied_locally(self, revision: int) -> None:
@@ -310,6 +422,24 @@ class HaltManager:
                 revision,
                 DEFAULT_LOCAL_APPLY_TIMEOUT_S,
             )
+
+    async def _confirmed(self, revision: int) -> Confirmations:
+        """Wait (bounded by the confirm timeout) until every live gateway has reported
+        ``revision`` applied or that it fails closed. A laggard is logged and listed
+        UNCONFIRMED, not an error: the write stands, and the gateway applies it when its
+        watch delivers it or fails closed within its staleness bound."""
+        confirmations = await self._gateways.confirm(revision, self._confirm_timeout_s)
+        lagging = [
+            c.gateway_id for c in confirmations if c.status == halts_pb2.CONFIRMATION_STATUS_UNCONFIRMED
+        ]
+        if lagging:
+            log.warning(
+                "halt bucket revision %d not confirmed within %.1f s by gateway(s) %s",
+                revision,
+                self._confirm_timeout_s,
+                ", ".join(lagging),
+            )
+        return confirmations
 
     async def _state_to_tighten(self, scope: Scope, name: str) -> Versioned[halts_pb2.HaltState] | None:
         """The scope's state, or for a corrupt value a stand-in that is HALTED at the corrupt
@@ -329,10 +459,11 @@ class HaltManager:
         name: str,
         reason: str,
         state: TradingState | None = None,
-    ) -> halts_pb2.HaltState | halts_pb2.ApprovalRequest:
+    ) -> tuple[halts_pb2.HaltState | halts_pb2.ApprovalRequest, Confirmations]:
         """Loosen ``scope`` to ``state`` (default: the halt's ``reset.resume_to``). Applied at
-        once and returned as the new state record, except for FIRM: then the pending
-        approval request is returned."""
+        once and returned as the new state record with the gateways' confirmations, except
+        for FIRM: then the pending approval request is returned (and no confirmations:
+        nothing changed yet)."""
         self._authorize(operator, "resume")
         violations = self._scope_violations(scope, name) + _reason_violations(reason)
         if state not in (None, TradingState.ACTIVE, TradingState.REDUCING):
@@ -379,7 +510,7 @@ class HaltManager:
                     request.request_id,
                     reason,
                 )
-                return request
+                return request, ()
             halt = halts_pb2.HaltState(
                 scope=scope_to_proto(scope),
                 name=name,
@@ -402,7 +533,7 @@ class HaltManager:
             log.warning(
                 "%s resumed to %s by %s: %s", scope_label(scope, name), target.name, operator.name, reason
             )
-            return halt
+            return halt, await self._confirmed(revision)
         raise self._contended(scope_label(scope, name))
 
     # -- approvals ------------------------------------------------------------------------------
@@ -492,7 +623,7 @@ class HaltManager:
             operator.name,
             request.request_id,
         )
-        return Approval(approved, halt=halt)
+        return Approval(approved, halt=halt, gateways=await self._confirmed(revision))
 
     async def _approve_override(
         self, found: Versioned[halts_pb2.ApprovalRequest], operator: Operator, now: int, reason: str
@@ -504,7 +635,7 @@ class HaltManager:
         override.approved_by = operator.name
         override.starts_ns = now
         override.expires_ns = now + override.duration_s * NS_PER_S
-        await self.store.write_override(override, 0)
+        revision = await self.store.write_override(override, 0)
         await self._publish(
             self._request_event(
                 halts_pb2.HALT_EVENT_TYPE_APPROVED, operator.name, approved, reason, override=override
@@ -520,7 +651,7 @@ class HaltManager:
             override.requested_by,
             operator.name,
         )
-        return Approval(approved, override=override)
+        return Approval(approved, override=override, gateways=await self._confirmed(revision))
 
     async def _decide(
         self, found: Versioned[halts_pb2.ApprovalRequest], status: int, actor: str, now: int, reason: str

@@ -12,7 +12,14 @@ name                                           payload                     kind
 ``override.<override_id>``                     ``Override``                KV (overlay in force)
 ``pretrade.v1.halts.<event>``                  ``pretrade.v1.HaltEvent``   stream ``PRETRADE_HALT_EVENTS``
 ``pretrade.v1.halts.kill``                     ``HaltEvent`` with ``control`` = CANCEL_ALL   same stream
+``pretrade.v1.halts.applied.<gateway_id>``     ``pretrade.v1.HaltsApplied``  core NATS (no stream)
 =============================================  ==========================  ========================
+
+Every gateway's follower publishes ``HaltsApplied`` on its ``applied`` subject right after it
+applies a change and every ``DEFAULT_APPLIED_HEARTBEAT_S``; the manager subscribes to
+``pretrade.v1.halts.applied.*`` to confirm its changes gateway by gateway. The subject has
+one token more than the events, so the events stream (``pretrade.v1.halts.*``) does not
+capture these reports and ``WatchHalts`` does not see them.
 
 Names in keys: an account, strategy or symbol name that is made of ``A-Z a-z 0-9 _ -`` only
 is used as is (readable with ``nats kv ls``); any other name (dots, unicode, ``=``) is
@@ -27,6 +34,7 @@ import base64
 import re
 
 from fastpath.codes import Scope
+from gateway.subjects import validate_gateway_id
 
 SUBJECT_ROOT = "pretrade.v1"
 
@@ -63,6 +71,14 @@ EVENT_OVERRIDE_EXPIRED = "override_expired"
 #: whose ``control`` is the ControlMessage every order stream receives).
 KILL_SUBJECT = f"{EVENTS_SUBJECT_PREFIX}.{EVENT_KILL}"
 
+#: What each gateway enforces: ``pretrade.v1.halts.applied.<gateway_id>`` (HaltsApplied).
+APPLIED_SUBJECT_PREFIX = f"{EVENTS_SUBJECT_PREFIX}.applied"
+APPLIED_SUBJECT_WILDCARD = f"{APPLIED_SUBJECT_PREFIX}.*"
+#: Seconds between a follower's HaltsApplied heartbeats. The manager counts a gateway as
+#: live for a few of these (``halts.manager.DEFAULT_GATEWAY_LIVENESS_S``), so it is part of
+#: what the two sides agree on.
+DEFAULT_APPLIED_HEARTBEAT_S = 0.25
+
 #: JetStream's de-duplication header; the value is the event id.
 MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -79,6 +95,11 @@ _ENCODED_NAME_PREFIX = "b64="
 def event_subject(event: str) -> str:
     """``pretrade.v1.halts.<event>``."""
     return f"{EVENTS_SUBJECT_PREFIX}.{event}"
+
+
+def applied_subject(gateway_id: str) -> str:
+    """``pretrade.v1.halts.applied.<gateway_id>`` (a gateway id is one subject token)."""
+    return f"{APPLIED_SUBJECT_PREFIX}.{validate_gateway_id(gateway_id)}"
 
 
 def encode_name(name: str) -> str:

@@ -61,10 +61,20 @@ class InProcessGateway:
     """See the module docstring. ``await start()`` returns once the follower has loaded the
     halt state (the point at which the gateway would turn health SERVING)."""
 
-    def __init__(self, data_dir: Path, nats_url: str, *, follower_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        nats_url: str,
+        *,
+        gateway_id: str = GATEWAY_ID,
+        follower_options: dict | None = None,
+        manager_options: dict | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.nats_url = nats_url
+        self.gateway_id = gateway_id
         self.follower_options = follower_options or {}
+        self.manager_options = manager_options or {}
         self.tokens = {name: generate_token() for name in PRINCIPALS}
         self.engine = Engine(load_rules(EXAMPLE_RULES), kernel_class=KERNEL_CLASS)
         self.port = 0
@@ -88,16 +98,17 @@ class InProcessGateway:
 
     async def start(self) -> None:
         self._outbox = DecisionOutbox(self.data_dir / "outbox")
-        self._publisher = DecisionPublisher(self._outbox, GATEWAY_ID)
-        gate = OrderGate(self.engine, self._outbox, self._publisher, GATEWAY_ID)
+        self._publisher = DecisionPublisher(self._outbox, self.gateway_id)
+        gate = OrderGate(self.engine, self._outbox, self._publisher, self.gateway_id)
         self.gateway_servicer = GatewayServicer(gate)
 
         manager_nc = await self._connect("pretrade-halt-manager")
         follower_nc = await self._connect("pretrade-halt-follower")
-        self.manager = HaltManager(await HaltStore.open(manager_nc))
+        self.manager = HaltManager(await HaltStore.open(manager_nc), **self.manager_options)
         self.follower = HaltFollower(
             follower_nc,
             self.engine,
+            gateway_id=self.gateway_id,
             reload_rules=self.reload_rules,
             on_cancel_all=self.gateway_servicer.broadcast_control,
             **self.follower_options,

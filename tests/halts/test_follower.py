@@ -49,6 +49,7 @@ class Gateway:
         return HaltFollower(
             nc,
             self.engine,
+            gateway_id="gw-follower-test",
             reload_rules=self.reload_rules,
             on_cancel_all=self.cancel_alls.append,
             on_ready_change=self.ready_changes.append,
@@ -154,7 +155,7 @@ async def test_a_hosting_manager_returns_only_once_its_gateway_enforces_the_chan
             assert gateway.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.ACTIVE
             await manager.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "test")
             assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED
-            pending = await manager.request_resume(ALICE, Scope.FIRM, "", "done")
+            pending, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "done")
             await manager.approve(BOB, pending.request_id)
             assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.ACTIVE
         finally:
@@ -194,7 +195,7 @@ async def test_halt_of_a_name_the_rules_do_not_declare_holds_once_declared(gatew
 
 
 async def test_kill_switch_calls_on_cancel_all_once(gateway, follower, manager):
-    halt, _ = await manager.request_halt(
+    halt, _, _ = await manager.request_halt(
         ALICE, Scope.FIRM, "", TradingState.HALTED, "runaway", cancel_all=True
     )
     await eventually(lambda: gateway.cancel_alls, what="cancel-all")
@@ -232,7 +233,7 @@ async def test_a_kill_before_the_gateway_started_is_not_replayed(gateway, nc, ma
 async def test_firm_resume_reaches_the_engine_only_when_approved(gateway, follower, manager):
     await manager.request_halt(ALICE, Scope.FIRM, "", TradingState.HALTED, "outage")
     await eventually(lambda: gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED, what="halt")
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "back")
     await asyncio.sleep(0.05)
     assert gateway.engine.trading_state(Scope.FIRM, "") == TradingState.HALTED
     await manager.approve(BOB, request.request_id)

@@ -142,3 +142,32 @@ async def test_a_gateway_that_cannot_follow_the_halt_state_serves_no_orders(tmp_
 
             await _until(accepting_again, timeout_s=30)
             assert await _health(gateway) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_halt_answers_once_every_gateway_enforces_it(tmp_path, nats_server):
+    """Two gateways (`pretrade up` hosting HaltService, and a plain gateway) on one NATS:
+    RequestHalt's answer lists both CONFIRMED, and neither accepts an order of the halted
+    symbol once it has returned."""
+    host_options = dict(host_halt_manager=True, gateway_id="gw-1")
+    async with running_gateway(tmp_path / "gw-1", nats_url=nats_server.url, **host_options) as first, \
+            running_gateway(tmp_path / "gw-2", nats_url=nats_server.url, gateway_id="gw-2") as second:
+        await first.set_reference_prices()
+        await second.set_reference_prices()
+        alice = Operator(first, "alice")
+
+        async def both_reporting():
+            answer = await alice.halt(trading_pb2.SCOPE_SYMBOL, "WARMUP")
+            return {c.gateway_id for c in answer.gateways} == {"gw-1", "gw-2"}
+
+        await _until(both_reporting)
+        answer = await alice.halt(trading_pb2.SCOPE_SYMBOL, "AAPL")
+        assert [(c.gateway_id, c.status) for c in answer.gateways] == [
+            ("gw-1", halts_pb2.CONFIRMATION_STATUS_CONFIRMED),
+            ("gw-2", halts_pb2.CONFIRMATION_STATUS_CONFIRMED),
+        ]
+        assert answer.gateways[0].applied_revision == answer.gateways[1].applied_revision
+        for gateway in (first, second):
+            async with gateway.client() as trader:
+                decision = await _order(trader, "100")
+                assert decision.verdict == REJECT and _codes(decision) == {"TRADING_HALTED"}
+        await alice.close()

@@ -53,7 +53,7 @@ async def events(nc) -> EventLog:
 
 
 async def firm_halted(manager: HaltManager, operator=ALICE) -> halts_pb2.HaltState:
-    halt, _ = await manager.request_halt(operator, Scope.FIRM, "", TradingState.HALTED, "venue outage")
+    halt, _, _ = await manager.request_halt(operator, Scope.FIRM, "", TradingState.HALTED, "venue outage")
     return halt
 
 
@@ -61,7 +61,7 @@ async def firm_halted(manager: HaltManager, operator=ALICE) -> halts_pb2.HaltSta
 
 
 async def test_halt_is_written_to_the_bucket_with_who_why_when(manager, store, clock, events):
-    halt, previous = await manager.request_halt(
+    halt, previous, _ = await manager.request_halt(
         ALICE, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "fat finger"
     )
     assert previous == TradingState.ACTIVE
@@ -93,7 +93,7 @@ async def test_halt_is_written_to_the_bucket_with_who_why_when(manager, store, c
 
 async def test_non_firm_resume_takes_effect_at_once(manager, store):
     await manager.request_halt(ALICE, Scope.SYMBOL, "GME", TradingState.REDUCING, "volatility")
-    resumed = await manager.request_resume(ALICE, Scope.SYMBOL, "GME", "calm again")
+    resumed, _ = await manager.request_resume(ALICE, Scope.SYMBOL, "GME", "calm again")
     assert isinstance(resumed, halts_pb2.HaltState)
     assert resumed.state == trading_pb2.TRADING_STATE_ACTIVE
     assert (await store.state(Scope.SYMBOL, "GME")).record == resumed
@@ -103,9 +103,9 @@ async def test_resume_follows_the_halts_reset_policy(manager):
     await manager.request_halt(
         ALICE, Scope.STRATEGY, "MOMO", TradingState.HALTED, "runaway", resume_to=TradingState.REDUCING
     )
-    resumed = await manager.request_resume(BOB, Scope.STRATEGY, "MOMO", "fixed")
+    resumed, _ = await manager.request_resume(BOB, Scope.STRATEGY, "MOMO", "fixed")
     assert resumed.state == trading_pb2.TRADING_STATE_REDUCING
-    resumed = await manager.request_resume(BOB, Scope.STRATEGY, "MOMO", "positions flat")
+    resumed, _ = await manager.request_resume(BOB, Scope.STRATEGY, "MOMO", "positions flat")
     assert resumed.state == trading_pb2.TRADING_STATE_ACTIVE
 
 
@@ -119,7 +119,7 @@ async def test_halting_to_a_looser_state_is_a_resume(manager):
     with pytest.raises(WouldLoosenError, match="is HALTED"):
         await manager.request_halt(ALICE, Scope.ACCOUNT, "ACC1", TradingState.REDUCING, "reduce only")
     # Tightening and re-halting with a new reason are fine.
-    halt, previous = await manager.request_halt(BOB, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "still")
+    halt, previous, _ = await manager.request_halt(BOB, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "still")
     assert previous == TradingState.HALTED and halt.set_by == "bob"
 
 
@@ -214,16 +214,16 @@ async def test_traders_cannot_halt_resume_approve_or_override(manager, call):
 
 
 async def test_admins_act_like_operators(manager):
-    halt, _ = await manager.request_halt(ADMIN, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "admin halt")
+    halt, _, _ = await manager.request_halt(ADMIN, Scope.ACCOUNT, "ACC1", TradingState.HALTED, "admin halt")
     assert halt.set_by == "admin"
 
 
 async def test_watchdogs_may_ask_for_graduated_responses_only(manager):
-    halt, _ = await manager.request_halt(
+    halt, _, _ = await manager.request_halt(
         WATCHDOG, Scope.STRATEGY, "MOMO", TradingState.REDUCING, "loss limit"
     )
     assert halt.set_by == "watchdog:pnl"
-    halt, _ = await manager.request_halt(WATCHDOG, Scope.FIRM, "", TradingState.HALTED, "firm loss limit")
+    halt, _, _ = await manager.request_halt(WATCHDOG, Scope.FIRM, "", TradingState.HALTED, "firm loss limit")
     throttle = await manager.request_override(
         WATCHDOG, strategy="MM", throttle_factor="0.5", duration_s=60, reason="message rate"
     )
@@ -246,7 +246,7 @@ async def test_watchdogs_may_ask_for_graduated_responses_only(manager):
 
 async def test_firm_resume_needs_a_second_operator(manager, store, clock, events):
     halt = await firm_halted(manager)
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     assert isinstance(request, halts_pb2.ApprovalRequest)
     assert request.status == halts_pb2.APPROVAL_STATUS_PENDING
     assert request.expires_ns == clock() + DEFAULT_REQUEST_TTL_S * 1_000_000_000
@@ -289,7 +289,7 @@ async def test_firm_resume_needs_a_second_operator(manager, store, clock, events
 
 async def test_expired_request_is_refused(manager, store, clock, events):
     await firm_halted(manager)
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     clock.advance_s(DEFAULT_REQUEST_TTL_S)
     with pytest.raises(RequestExpiredError, match="expired"):
         await manager.approve(BOB, request.request_id)
@@ -305,7 +305,7 @@ async def test_expired_request_is_refused(manager, store, clock, events):
 
 async def test_sweep_expires_pending_requests_once(manager, store, clock, events):
     await firm_halted(manager)
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     await manager.sweep()
     assert (await store.request(request.request_id)).record.status == halts_pb2.APPROVAL_STATUS_PENDING
     clock.advance_s(DEFAULT_REQUEST_TTL_S + 1)
@@ -323,7 +323,7 @@ async def test_unknown_and_already_decided_requests_are_refused(manager):
     with pytest.raises(UnknownRequestError):
         await manager.approve(BOB, "req-0000000000000000")
     await firm_halted(manager)
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     await manager.approve(BOB, request.request_id)
     with pytest.raises(RequestNotPendingError, match="APPROVED by bob"):
         await manager.approve(ADMIN, request.request_id)
@@ -331,11 +331,11 @@ async def test_unknown_and_already_decided_requests_are_refused(manager):
 
 async def test_requester_may_withdraw_and_anyone_may_reject(manager, store):
     await firm_halted(manager)
-    first = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    first, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     withdrawn = await manager.approve(ALICE, first.request_id, reject=True, reason="too early")
     assert withdrawn.request.status == halts_pb2.APPROVAL_STATUS_REJECTED
     assert withdrawn.request.decided_by == "alice"
-    second = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    second, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     rejected = await manager.approve(BOB, second.request_id, reject=True, reason="not yet")
     assert rejected.request.decision_reason == "not yet"
     assert (await store.state(Scope.FIRM, "")).record.state == trading_pb2.TRADING_STATE_HALTED
@@ -343,7 +343,7 @@ async def test_requester_may_withdraw_and_anyone_may_reject(manager, store):
 
 async def test_a_new_halt_supersedes_a_pending_resume(manager, store):
     await firm_halted(manager)
-    request = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
+    request, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "venue back")
     await manager.request_halt(ADMIN, Scope.FIRM, "", TradingState.HALTED, "second outage")
     with pytest.raises(RequestSupersededError, match="changed after it was made"):
         await manager.approve(BOB, request.request_id)
@@ -352,7 +352,7 @@ async def test_a_new_halt_supersedes_a_pending_resume(manager, store):
 
 
 async def test_kill_switch_halts_the_firm_and_publishes_cancel_all(manager, clock, events):
-    halt, _ = await manager.request_halt(
+    halt, _, _ = await manager.request_halt(
         ALICE, Scope.FIRM, "", TradingState.HALTED, "runaway algo", cancel_all=True
     )
     assert halt.cancel_all and halt.request_id.startswith("kill-") and halt.reset.requires_approval
@@ -453,7 +453,7 @@ async def test_list_shows_what_is_in_force(manager):
     await manager.request_halt(ALICE, Scope.SYMBOL, "GME", TradingState.REDUCING, "b")
     await manager.request_resume(ALICE, Scope.SYMBOL, "GME", "c")
     await firm_halted(manager)
-    pending = await manager.request_resume(ALICE, Scope.FIRM, "", "d")
+    pending, _ = await manager.request_resume(ALICE, Scope.FIRM, "", "d")
     listed = await manager.snapshot()
     assert [(h.scope, h.name) for h in listed.halts] == [
         (trading_pb2.SCOPE_FIRM, ""),

@@ -252,6 +252,7 @@ async def test_cli_halt_resume_approve_and_list(gateway):
     halt = "halt --scope account --id ACC1 --reason 'fat finger' --reduce-only"
     code, out = await cli_call(gateway, "alice", halt)
     assert code == 0 and out.startswith("REDUCING ACCOUNT ACC1") and "by alice: fat finger" in out
+    assert out.splitlines()[1].startswith("  gw-halts CONFIRMED rev ")
     code, out = await cli_call(gateway, "alice", "halt --scope firm --reason outage")
     assert "resume -> ACTIVE, needs a second operator" in out
     code, out = await cli_call(gateway, "alice", "resume --scope firm --reason 'venue back'")
@@ -263,6 +264,7 @@ async def test_cli_halt_resume_approve_and_list(gateway):
         await cli_call(gateway, "alice", f"approve {request_id}")
     code, out = await cli_call(gateway, "bob", f"approve {request_id}")
     assert out.startswith("APPROVED") and "ACTIVE   FIRM" in out and "approved by bob" in out
+    assert out.splitlines()[-1].startswith("  gw-halts CONFIRMED rev ")
 
     code, out = await cli_call(gateway, "trader", "halts")
     assert out.splitlines()[0].startswith("REDUCING ACCOUNT ACC1")
