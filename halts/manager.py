@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from google.protobuf.message import DecodeError
+
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
 from fastpath.rules import LimitOverride, check_override
 from gateway.aio import cancel_until_done
-from google.protobuf.message import DecodeError
-
 from halts.errors import (
     ConcurrentUpdateError,
     CorruptRecordError,
