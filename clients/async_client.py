@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 import grpc
 
 from clients.errors import DeadlineExceeded, GatewayError, GatewayUnavailable, error_from_rpc
-from clients.sync_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, auth_metadata
+from clients.sync_client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, auth_metadata, merged_channel_options
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 
 #: Orders per StreamOrders message the batcher sends at most.
@@ -29,7 +29,9 @@ DEFAULT_BATCHER_CLOSE_TIMEOUT_S = 5.0
 
 
 class AsyncGatewayClient:
-    """``AsyncGatewayClient(target, token, timeout_s)``; ``async with`` it or ``await close()``."""
+    """``AsyncGatewayClient(target, token, timeout_s)``; ``async with`` it or ``await close()``.
+    ``credentials`` and ``channel_options`` (merged over the SDK's reconnect backoff) and the
+    fail-fast calls are as in :class:`clients.GatewayClient`."""
 
     def __init__(
         self,
@@ -40,14 +42,14 @@ class AsyncGatewayClient:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, object]] = (),
     ) -> None:
-        """``channel_options`` are gRPC channel arguments (e.g. reconnect backoff)."""
         self.target = target
         self.timeout_s = timeout_s
         self.metadata = auth_metadata(token)
+        options = merged_channel_options(channel_options)
         self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=channel_options)
+            grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.aio.insecure_channel(target, options=channel_options)
+            else grpc.aio.insecure_channel(target, options=options)
         )
         self.gateway_stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._admin = gateway_pb2_grpc.AdminServiceStub(self._channel)

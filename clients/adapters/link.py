@@ -10,9 +10,9 @@ every wait bounded by the decision timeout, so that an order is always answered 
 * Re-opening is shared: orders arriving while the stream is being re-opened wait for that
   one attempt (each within its own deadline). After a failed attempt, orders fail at once
   for ``retry_interval_s`` (no connection storm), then the next order tries again.
-* The channel retries a lost connection at most ``MAX_RECONNECT_BACKOFF_MS`` apart (gRPC's
-  default backoff grows to 120 s, which would keep orders rejected for up to two minutes
-  after the gateway is back).
+* The channel retries a lost connection with the SDK's bounded backoff
+  (``clients.sync_client.DEFAULT_MAX_RECONNECT_BACKOFF_MS``; gRPC's own grows to 120 s,
+  which would keep orders rejected for up to two minutes after the gateway is back).
 """
 
 from __future__ import annotations
@@ -30,23 +30,16 @@ from pretrade.v1 import types_pb2
 
 log = logging.getLogger("pretrade.adapters")
 
-MAX_RECONNECT_BACKOFF_MS = 1000
-#: gRPC channel arguments of the adapters' channel: reconnect within a second.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-)
 DEFAULT_RETRY_INTERVAL_S = 0.25
 
 
 def adapter_client(
     target: str, token: str | None, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
 ) -> AsyncGatewayClient:
-    """An :class:`AsyncGatewayClient` on a channel with :data:`CHANNEL_OPTIONS`;
+    """An :class:`AsyncGatewayClient` (the SDK's channel defaults: bounded reconnect backoff);
     ``credentials`` (``clients.tls_credentials``): TLS to the gateway, None: plaintext (a
     plaintext gateway, or ``pretrade up``'s companion socket)."""
-    return AsyncGatewayClient(target, token, timeout_s, channel_options=CHANNEL_OPTIONS, credentials=credentials)
+    return AsyncGatewayClient(target, token, timeout_s, credentials=credentials)
 
 
 #: The keys of an adapter's gateway section (FIX ``[gateway]``, MT5 ``[bridge]``) naming its

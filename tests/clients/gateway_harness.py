@@ -124,6 +124,11 @@ reason = "hard to borrow"
 
 #: Reference price of every priced symbol in CHECKS_RULES (FAST gets a stale one).
 REFERENCE_PRICE = "100"
+#: Channel arguments of the harness's own calls: a connection of their own. gRPC shares a
+#: connection, and its reconnect backoff, among a process's channels with the same target and
+#: arguments, so right after a gateway restart a harness call would otherwise fail at once
+#: while the client under test (an adapter's) still waits for its next reconnect attempt.
+HARNESS_CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 
 
 def write_rules(directory: Path, text: str = CHECKS_RULES, name: str = "rules.toml") -> Path:
@@ -150,7 +155,7 @@ class RunningGateway:
         five_seconds_ago = time.time_ns() - 5_000_000_000
         prices = [make_reference_price(symbol, REFERENCE_PRICE) for symbol in symbols]
         prices += [make_reference_price(symbol, REFERENCE_PRICE, five_seconds_ago) for symbol in stale]
-        async with self.client() as client:
+        async with self.client(channel_options=HARNESS_CHANNEL_OPTIONS) as client:
             await client.update_reference_prices(prices)
 
     async def wait_published(self, timeout_s: float = 10.0) -> None:
