@@ -78,12 +78,19 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _common_options() -> argparse.ArgumentParser:
-    """The flags of every ledger subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    return common
+def _output_options() -> argparse.ArgumentParser:
+    """The flag of every ledger subcommand."""
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    return output
+
+
+def _data_dir_options() -> argparse.ArgumentParser:
+    """The state directory, for every subcommand but ``verify-pack``: that one reads nothing but
+    the pack, and does not offer a flag it would ignore."""
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default: %(default)s)")
+    return data_dir
 
 
 def _remote_options() -> argparse.ArgumentParser:
@@ -107,12 +114,13 @@ def register(subparsers) -> None:
     from ledger.merkle import DEFAULT_HASH_NAME, HASHERS
     from ledger.metrics import DEFAULT_METRICS_LISTEN, METRICS_OFF
 
-    common = _common_options()
-    remote = [common, _remote_options()]
+    output = _output_options()
+    common = [_data_dir_options(), output]
+    remote = [*common, _remote_options()]
     ledger = subparsers.add_parser("ledger", help="the decision ledger: run, verify, prove, explain, export")
     commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", parents=[common], help="ingest decisions and events into the ledger")
+    run = commands.add_parser("run", parents=common, help="ingest decisions and events into the ledger")
     run.add_argument("--nats-url", default=DEFAULT_NATS_URL, help="NATS server URL (default: %(default)s)")
     run.add_argument("--listen", help="also serve LedgerService on this address (host:port)")
     run.add_argument("--tokens", help="token file for --listen (default: the data dir's demo tokens)")
@@ -138,12 +146,12 @@ def register(subparsers) -> None:
     run.add_argument("--log-level", default=DEFAULT_LOG_LEVEL, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(handler=_cmd_run)
 
-    keygen = commands.add_parser("keygen", parents=[common], help="make the checkpoint signing key")
+    keygen = commands.add_parser("keygen", parents=common, help="make the checkpoint signing key")
     keygen.add_argument("--name", default=DEFAULT_ORIGIN, help="key name (default: %(default)s)")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     keygen.set_defaults(handler=_cmd_keygen)
 
-    verify = commands.add_parser("verify", parents=[common], help="recompute the tree, check every checkpoint")
+    verify = commands.add_parser("verify", parents=common, help="recompute the tree, check every checkpoint")
     verify.add_argument("--from-sequence", type=int, default=0, metavar="N", help="start at entry N (default: 0)")
     verify.add_argument("--verifier-key", help="verifier key file (default: <data-dir>/ledger-signing.vkey if present)")
     verify.set_defaults(handler=_cmd_verify)
@@ -159,13 +167,13 @@ def register(subparsers) -> None:
     explain.add_argument("--trace-id", help="explain the order(s) of this trace id instead (local only)")
     explain.set_defaults(handler=_cmd_explain)
 
-    export = commands.add_parser("export", parents=[common], help="write an evidence pack")
+    export = commands.add_parser("export", parents=common, help="write an evidence pack")
     export.add_argument("--from", dest="range_from", required=True, help="first entry index, or an ISO-8601 time")
     export.add_argument("--to", dest="range_to", help="last entry index or time, inclusive (default: last checkpointed)")
     export.add_argument("--output", help="pack file (default: evidence-<first>-<last>.zip)")
     export.set_defaults(handler=_cmd_export)
 
-    verify_pack = commands.add_parser("verify-pack", parents=[common], help="check an evidence pack alone")
+    verify_pack = commands.add_parser("verify-pack", parents=[output], help="check an evidence pack alone")
     verify_pack.add_argument("file")
     verify_pack.add_argument("--verifier-key", help="pin this verifier key file instead of the pack's own")
     verify_pack.set_defaults(handler=_cmd_verify_pack)

@@ -201,6 +201,14 @@ def test_ledger_run_refuses_client_flags(tmp_path, capsys):
     assert err.count("\n") == 1 and "unrecognized arguments: --tls-ca" in err, err
 
 
+def test_verify_pack_offers_no_data_dir(capsys):
+    flags = _help_flags(capsys, "verify-pack")
+    assert flags == {"--help", "--json", "--verifier-key"}, flags
+    code, _, err = run(capsys, "verify-pack", "pack.zip", "--data-dir", "somewhere")
+    assert code == EXIT_ERROR
+    assert err.count("\n") == 1 and "unrecognized arguments: --data-dir" in err, err
+
+
 @pytest.mark.parametrize("subcommand", ["proof", "explain"])
 def test_remote_subcommands_keep_client_flags(capsys, subcommand):
     flags = _help_flags(capsys, subcommand)
