@@ -17,8 +17,9 @@ TLS with ``--tls-ca`` (and ``--tls-client-cert/--tls-client-key`` for mutual TLS
 ``gateway.cli``). Failures raise ``gateway.cli.CommandError``: one line, exit code 2.
 
 A change (halt, kill, resume, approval) prints, after its own line, one line per live
-gateway: ``gw-1 CONFIRMED rev 42``, ``gw-2 FAILED_CLOSED (rejecting every order, last
-applied rev 40)`` or ``gw-3 UNCONFIRMED (last applied rev 40)``. An UNCONFIRMED gateway
+gateway, with the revision it applied of the change's own (``--json``: ``revision``):
+``gw-1 CONFIRMED rev 42 of 42``, ``gw-2 FAILED_CLOSED (rejecting every order, last applied
+rev 40 of 42)`` or ``gw-3 UNCONFIRMED (last applied rev 40 of 42)``. An UNCONFIRMED gateway
 is also a ``pretrade: warning:`` on stderr, as other warnings of ``pretrade`` are; the
 exit code stays 0, because the change is written and stands.
 """
@@ -155,7 +156,7 @@ def cmd_halt(args) -> int:
     )
     response = _call(args, "RequestHalt", request)
     lines = [f"{_describe_state(response.halt)} (was {_state_name(response.previous_state)})"]
-    _print(args, response, lines + _describe_gateways(response.gateways))
+    _print(args, response, lines + _describe_gateways(response))
     _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
@@ -171,7 +172,7 @@ def cmd_resume(args) -> int:
     if response.HasField("pending"):
         lines = _describe_pending(response.pending)
     else:
-        lines = [_describe_state(response.halt), *_describe_gateways(response.gateways)]
+        lines = [_describe_state(response.halt), *_describe_gateways(response)]
     _print(args, response, lines)
     _warn_unconfirmed(response.gateways)
     return EXIT_OK
@@ -186,7 +187,7 @@ def cmd_approve(args) -> int:
     if response.HasField("override"):
         lines.append("  " + _describe_override(response.override))
     if response.HasField("halt") or response.HasField("override"):
-        lines += _describe_gateways(response.gateways)
+        lines += _describe_gateways(response)
     _print(args, response, lines)
     _warn_unconfirmed(response.gateways)
     return EXIT_OK
@@ -234,7 +235,7 @@ def cmd_kill(args) -> int:
     )
     response = _call(args, "RequestHalt", request)
     summary = f"KILL SWITCH: {_describe_state(response.halt)}; CANCEL_ALL sent to every order stream"
-    _print(args, response, [summary, *_describe_gateways(response.gateways)])
+    _print(args, response, [summary, *_describe_gateways(response)])
     _warn_unconfirmed(response.gateways)
     return EXIT_OK
 
@@ -403,19 +404,20 @@ def _describe_override(override: halts_pb2.Override) -> str:
     )
 
 
-def _describe_gateways(gateways) -> list[str]:
-    """One line per live gateway: whether it enforces the change just made."""
-    if not gateways:
-        return ["  no gateway is reporting to this halt manager"]
+def _describe_gateways(response) -> list[str]:
+    """One line per live gateway of a change's answer: whether it enforces the change, and
+    where it stands against the change's revision (what an UNCONFIRMED one is behind)."""
+    if not response.gateways:
+        return [f"  no gateway is reporting to this halt manager (change at rev {response.revision})"]
     lines = []
-    for gateway in gateways:
+    for gateway in response.gateways:
         status = halts_pb2.ConfirmationStatus.Name(gateway.status).removeprefix("CONFIRMATION_STATUS_")
         if gateway.status == halts_pb2.CONFIRMATION_STATUS_CONFIRMED:
-            detail = f"rev {gateway.applied_revision}"
+            detail = f"rev {gateway.applied_revision} of {response.revision}"
         elif gateway.status == halts_pb2.CONFIRMATION_STATUS_FAILED_CLOSED:
-            detail = f"(rejecting every order, last applied rev {gateway.applied_revision})"
+            detail = f"(rejecting every order, last applied rev {gateway.applied_revision} of {response.revision})"
         else:
-            detail = f"(last applied rev {gateway.applied_revision})"
+            detail = f"(last applied rev {gateway.applied_revision} of {response.revision})"
         lines.append(f"  {gateway.gateway_id} {status} {detail}")
     return lines
 

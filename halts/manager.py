@@ -24,7 +24,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NoReturn
 
 from google.protobuf.message import DecodeError
@@ -140,7 +140,18 @@ def new_id(kind: str) -> str:
 
 
 #: Per live gateway, whether it enforces a change, ordered by gateway id.
-Confirmations = tuple[halts_pb2.GatewayConfirmation, ...]
+GatewayConfirmations = tuple[halts_pb2.GatewayConfirmation, ...]
+
+
+@dataclass(frozen=True)
+class Confirmations:
+    """The answer to a change of the halts bucket: the ``revision`` its write made, which
+    the gateways' ``applied_revision`` is compared with (so an operator sees what a laggard
+    is behind), and where each live gateway stands. The empty default (revision 0, no
+    gateways) is the answer when nothing was written: a pending request, a rejection."""
+
+    revision: int = 0
+    gateways: GatewayConfirmations = ()
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class Approval:
     request: halts_pb2.ApprovalRequest
     halt: halts_pb2.HaltState | None = None
     override: halts_pb2.Override | None = None
-    gateways: Confirmations = field(default=())
+    confirmations: Confirmations = Confirmations()
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,7 @@ class GatewayTracker:
             del self._reports[gateway_id]
         return self._reports
 
-    async def confirm(self, revision: int, timeout_s: float) -> Confirmations:
+    async def confirm(self, revision: int, timeout_s: float) -> GatewayConfirmations:
         """Wait at most ``timeout_s`` until every live gateway has applied ``revision`` or
         reported that it fails closed; then say where each stands."""
         loop = asyncio.get_running_loop()
@@ -428,10 +439,8 @@ class HaltManager:
         ``revision`` applied or that it fails closed. A laggard is logged and listed
         UNCONFIRMED, not an error: the write stands, and the gateway applies it when its
         watch delivers it or fails closed within its staleness bound."""
-        confirmations = await self._gateways.confirm(revision, self._confirm_timeout_s)
-        lagging = [
-            c.gateway_id for c in confirmations if c.status == halts_pb2.CONFIRMATION_STATUS_UNCONFIRMED
-        ]
+        gateways = await self._gateways.confirm(revision, self._confirm_timeout_s)
+        lagging = [c.gateway_id for c in gateways if c.status == halts_pb2.CONFIRMATION_STATUS_UNCONFIRMED]
         if lagging:
             log.warning(
                 "halt bucket revision %d not confirmed within %.1f s by gateway(s) %s",
@@ -439,7 +448,7 @@ class HaltManager:
                 self._confirm_timeout_s,
                 ", ".join(lagging),
             )
-        return confirmations
+        return Confirmations(revision, gateways)
 
     async def _state_to_tighten(self, scope: Scope, name: str) -> Versioned[halts_pb2.HaltState] | None:
         """The scope's state, or for a corrupt value a stand-in that is HALTED at the corrupt
@@ -462,8 +471,8 @@ class HaltManager:
     ) -> tuple[halts_pb2.HaltState | halts_pb2.ApprovalRequest, Confirmations]:
         """Loosen ``scope`` to ``state`` (default: the halt's ``reset.resume_to``). Applied at
         once and returned as the new state record with the gateways' confirmations, except
-        for FIRM: then the pending approval request is returned (and no confirmations:
-        nothing changed yet)."""
+        for FIRM: then the pending approval request is returned (with the empty
+        :class:`Confirmations`, revision 0: nothing was written yet)."""
         self._authorize(operator, "resume")
         violations = self._scope_violations(scope, name) + _reason_violations(reason)
         if state not in (None, TradingState.ACTIVE, TradingState.REDUCING):
@@ -510,7 +519,7 @@ class HaltManager:
                     request.request_id,
                     reason,
                 )
-                return request, ()
+                return request, Confirmations()
             halt = halts_pb2.HaltState(
                 scope=scope_to_proto(scope),
                 name=name,
@@ -623,7 +632,7 @@ class HaltManager:
             operator.name,
             request.request_id,
         )
-        return Approval(approved, halt=halt, gateways=await self._confirmed(revision))
+        return Approval(approved, halt=halt, confirmations=await self._confirmed(revision))
 
     async def _approve_override(
         self, found: Versioned[halts_pb2.ApprovalRequest], operator: Operator, now: int, reason: str
@@ -651,7 +660,7 @@ class HaltManager:
             override.requested_by,
             operator.name,
         )
-        return Approval(approved, override=override, gateways=await self._confirmed(revision))
+        return Approval(approved, override=override, confirmations=await self._confirmed(revision))
 
     async def _decide(
         self, found: Versioned[halts_pb2.ApprovalRequest], status: int, actor: str, now: int, reason: str

@@ -102,7 +102,7 @@ class HaltServicer(halts_pb2_grpc.HaltServiceServicer):
         # Unset resume_to means ACTIVE; an unknown number becomes None, which the manager refuses.
         resume_to = state_from_proto(request.resume_to) if request.resume_to else TradingState.ACTIVE
         try:
-            halt, previous, gateways = await self.manager.request_halt(
+            halt, previous, confirmations = await self.manager.request_halt(
                 operator,
                 scope_from_proto(request.scope),
                 request.name,
@@ -114,7 +114,10 @@ class HaltServicer(halts_pb2_grpc.HaltServiceServicer):
         except HaltError as exc:
             await _abort(context, exc)
         return halts_pb2.RequestHaltResponse(
-            halt=halt, previous_state=state_to_proto(previous), gateways=gateways
+            halt=halt,
+            previous_state=state_to_proto(previous),
+            revision=confirmations.revision,
+            gateways=confirmations.gateways,
         )
 
     async def RequestResume(self, request, context):  # noqa: N802
@@ -123,14 +126,16 @@ class HaltServicer(halts_pb2_grpc.HaltServiceServicer):
         if request.state and state is None:
             await _abort(context, InvalidHaltRequestError([Violation("state", "must be ACTIVE or REDUCING")]))
         try:
-            outcome, gateways = await self.manager.request_resume(
+            outcome, confirmations = await self.manager.request_resume(
                 operator, scope_from_proto(request.scope), request.name, request.reason, state
             )
         except HaltError as exc:
             await _abort(context, exc)
         if isinstance(outcome, halts_pb2.ApprovalRequest):
             return halts_pb2.RequestResumeResponse(pending=outcome)
-        return halts_pb2.RequestResumeResponse(halt=outcome, gateways=gateways)
+        return halts_pb2.RequestResumeResponse(
+            halt=outcome, revision=confirmations.revision, gateways=confirmations.gateways
+        )
 
     async def Approve(self, request, context):  # noqa: N802
         operator = await self._operator(context)
@@ -140,7 +145,11 @@ class HaltServicer(halts_pb2_grpc.HaltServiceServicer):
             )
         except HaltError as exc:
             await _abort(context, exc)
-        response = halts_pb2.ApproveResponse(request=approval.request, gateways=approval.gateways)
+        response = halts_pb2.ApproveResponse(
+            request=approval.request,
+            revision=approval.confirmations.revision,
+            gateways=approval.confirmations.gateways,
+        )
         if approval.halt is not None:
             response.halt.CopyFrom(approval.halt)
         if approval.override is not None:

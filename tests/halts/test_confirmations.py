@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shlex
 import sys
 import time
@@ -181,9 +182,10 @@ async def test_a_gateway_behind_a_slow_link_is_unconfirmed_then_enforces(host, n
             assert host.engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED
             confirmations = statuses(answer.gateways)
             assert confirmations[HOST][0] == CONFIRMED
+            assert confirmations[HOST][1] >= answer.revision > 0  # the revision the halt waited for
             status, slow_revision = confirmations["gw-slow"]
             assert status == UNCONFIRMED
-            assert slow_revision < confirmations[HOST][1]
+            assert slow_revision < answer.revision
             await eventually(
                 lambda: slow_engine.trading_state(Scope.SYMBOL, "AAPL") == TradingState.HALTED,
                 what="the halt to reach the slow gateway",
@@ -191,7 +193,8 @@ async def test_a_gateway_behind_a_slow_link_is_unconfirmed_then_enforces(host, n
             assert slow.ready
 
 
-async def test_cli_lists_each_gateway_and_warns_about_an_unconfirmed_one(host, nats_server):
+async def test_cli_lists_each_gateway_and_warns_about_an_unconfirmed_one(host, nats_server, nc):
+    kv = await nc.jetstream().key_value(HALTS_BUCKET)
     async with TcpProxy(nats_server.port, delay_s=0.5) as slow_link:
         slow_options = dict(staleness_bound_s=30.0, load_timeout_s=10.0)
         async with other_gateway(slow_link.url, "gw-slow", **slow_options):
@@ -200,17 +203,23 @@ async def test_cli_lists_each_gateway_and_warns_about_an_unconfirmed_one(host, n
             assert code == 0
             lines = out.splitlines()
             assert lines[0].startswith("HALTED   SYMBOL AAPL")
-            assert lines[1].startswith(f"  {HOST} CONFIRMED rev ")
-            assert lines[2].startswith("  gw-slow UNCONFIRMED (last applied rev ")
+            host_line = re.fullmatch(rf"  {HOST} CONFIRMED rev (\d+) of (\d+)", lines[1])
+            slow_line = re.fullmatch(r"  gw-slow UNCONFIRMED \(last applied rev (\d+) of (\d+)\)", lines[2])
+            host_applied, host_waited_for = map(int, host_line.groups())
+            slow_applied, slow_waited_for = map(int, slow_line.groups())
+            assert slow_applied < slow_waited_for == host_waited_for <= host_applied
+            assert slow_waited_for == (await kv.get(state_key(Scope.SYMBOL, "AAPL"))).revision
             assert err.startswith("pretrade: warning: not confirmed in time by gw-slow:")
             assert len(err.splitlines()) == 1
 
             code, out, _ = await run_cli(host, "alice", "halt --scope symbol --id MSFT --reason test --json")
-            gateways = {g["gateway_id"]: g["status"] for g in json.loads(out)["gateways"]}
+            answer = json.loads(out)
+            gateways = {g["gateway_id"]: g["status"] for g in answer["gateways"]}
             assert code == 0 and gateways == {
                 HOST: "CONFIRMATION_STATUS_CONFIRMED",
                 "gw-slow": "CONFIRMATION_STATUS_UNCONFIRMED",
             }
+            assert int(answer["revision"]) == (await kv.get(state_key(Scope.SYMBOL, "MSFT"))).revision
 
 
 async def test_a_stopped_gateway_drops_out_of_the_answers(host, nats_server):

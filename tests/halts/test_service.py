@@ -16,8 +16,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from fastpath.codes import Scope
 from gateway.cli import CommandError
 from halts import cli
+from halts.subjects import HALTS_BUCKET, state_key
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, halts_pb2, halts_pb2_grpc, trading_pb2, types_pb2
 
 from .conftest import eventually
@@ -127,6 +129,34 @@ async def test_dual_control_over_the_wire(gateway, channel):
     assert approved.halt.state == trading_pb2.TRADING_STATE_ACTIVE and approved.halt.approved_by == "bob"
     error = await status_of(bob.approve(pending.request_id))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_answers_carry_the_revision_they_were_written_at(gateway, channel, nc):
+    """Each change's answer holds the bucket revision of its write (what the gateways'
+    applied_revision is compared with); the answers that wrote nothing hold 0."""
+    kv = await nc.jetstream().key_value(HALTS_BUCKET)
+    alice, bob = as_(gateway, channel, "alice"), as_(gateway, channel, "bob")
+
+    halted = await alice.halt(scope=trading_pb2.SCOPE_FIRM, name="")
+    firm = await kv.get(state_key(Scope.FIRM, ""))
+    assert halted.revision == firm.revision > 0
+    assert [(g.status, g.applied_revision >= halted.revision) for g in halted.gateways] == [
+        (halts_pb2.CONFIRMATION_STATUS_CONFIRMED, True)
+    ]
+
+    pending = await alice.resume()
+    assert pending.HasField("pending") and pending.revision == 0 and not pending.gateways
+    rejected = await alice.approve(pending.pending.request_id, reject=True, reason="too early")
+    assert rejected.revision == 0 and not rejected.gateways
+
+    pending = await alice.resume()
+    approved = await bob.approve(pending.pending.request_id)
+    assert approved.revision == (await kv.get(state_key(Scope.FIRM, ""))).revision > halted.revision
+
+    reduced = await alice.halt(state=trading_pb2.TRADING_STATE_REDUCING)
+    resumed = await alice.resume(scope=trading_pb2.SCOPE_SYMBOL, name="AAPL")
+    assert resumed.HasField("halt")
+    assert resumed.revision == (await kv.get(state_key(Scope.SYMBOL, "AAPL"))).revision > reduced.revision > 0
 
 
 async def test_expired_request_is_failed_precondition(gateway, channel):
