@@ -14,8 +14,19 @@ start. Shared by the FIX adapter (the ``reports`` table of its order book,
   id → the gateway's answer) that makes the queue idempotent on the execution id.
 * :class:`ExecutionReporter`: the worker. Any answer of the gateway (``APPLIED``,
   ``DUPLICATE``, ``UNKNOWN_ORDER``, ``OVERFILL``) ends a report (logged, recorded with
-  ``keep_outcomes``, removed from the queue); a transport error (:class:`clients.GatewayError`)
-  is retried with a backoff from ``retry_min_s`` doubling to ``retry_max_s``.
+  ``keep_outcomes``, removed from the queue). A batch the gateway does not answer — a
+  transport error, or a refusal of the whole call such as a revoked token
+  (UNAUTHENTICATED, PERMISSION_DENIED): :class:`clients.GatewayError` — is retried, never
+  dropped, with a backoff from ``retry_min_s`` doubling to ``retry_max_s``; the reports
+  behind it wait (order is kept). That is logged once when it starts (an ERROR for a
+  refusal, which needs an operator, a WARNING otherwise) and once when the gateway answers
+  again, not at every attempt; :attr:`ExecutionReporter.failing` says it meanwhile.
+  A batch refused as malformed (INVALID_ARGUMENT: the gateway validates a whole
+  batch and refuses it for one bad execution, e.g. an id longer than its name limit) is
+  sent again one execution at a time, and an execution refused on its own is moved to the
+  ``quarantined`` table with the gateway's answer (logged as an ERROR, listed by
+  :meth:`ReportStore.quarantined`): kept, not delivered, and no longer blocking the
+  others, which no retry could have delivered otherwise.
 """
 
 from __future__ import annotations
@@ -28,13 +39,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients import GatewayError
+from clients import GatewayError, InvalidOrder, PermissionDenied, Unauthenticated
 from pretrade.v1 import gateway_pb2, types_pb2
 
-#: Executions go to the gateway in batches of at most this many; retries back off up to the max.
+#: Executions go to the gateway in batches of at most this many.
 REPORT_BATCH_MAX = 64
-REPORT_RETRY_MIN_S = 0.1
-REPORT_RETRY_MAX_S = 2.0
+#: A batch the gateway did not answer is sent again after this, doubling up to the max: at
+#: most one attempt per max once an outage or refusal lasts, and an answer within it once
+#: the gateway (or the token) is back.
+DEFAULT_REPORT_RETRY_MIN_S = 0.1
+DEFAULT_REPORT_RETRY_MAX_S = 2.0
 #: Outcomes of delivered executions (``keep_outcomes``) are kept this long (seconds).
 DEFAULT_OUTCOME_RETENTION_S = 7 * 24 * 3600
 
@@ -42,6 +56,12 @@ REPORTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
     execution_id TEXT PRIMARY KEY,     -- an execution the gateway has not acknowledged yet
     execution BLOB NOT NULL            -- pretrade.v1.Execution, serialized
+);
+CREATE TABLE IF NOT EXISTS quarantined (
+    execution_id TEXT PRIMARY KEY,     -- an execution the gateway refused as malformed: kept, not delivered
+    execution BLOB NOT NULL,           -- pretrade.v1.Execution, serialized
+    error TEXT NOT NULL,               -- the gateway's answer (INVALID_ARGUMENT and its field violations)
+    quarantined_ns INTEGER NOT NULL
 );
 """
 OUTCOMES_SCHEMA = """
@@ -107,6 +127,19 @@ class ReportStore:
         else:
             self._db.execute("DELETE FROM reports WHERE execution_id = ?", (execution_id,))
 
+    def quarantine(self, execution_id: str, execution: bytes, error: str) -> None:
+        """The gateway refused ``execution_id`` as malformed: out of the queue, into the
+        ``quarantined`` table with ``error`` (one transaction: never in neither table)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM reports WHERE execution_id = ?", (execution_id,))
+            self._db.execute("INSERT OR REPLACE INTO quarantined VALUES (?, ?, ?, ?)",
+                             (execution_id, execution, error, time.time_ns()))
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        """(execution id, the gateway's answer) of each quarantined execution, oldest first."""
+        return list(self._db.execute("SELECT execution_id, error FROM quarantined ORDER BY quarantined_ns"))
+
     def pending(self) -> list[bytes]:
         """The serialized executions not acknowledged yet, oldest first."""
         return [row[0] for row in self._db.execute("SELECT execution FROM reports ORDER BY rowid")]
@@ -132,13 +165,15 @@ class ReportStore:
 class Delivery:
     """One submitted execution. ``done`` resolves with the gateway's ``ExecutionStatus`` once
     it answered, or ``None`` when the reporter stopped first (the execution stays stored and
-    is delivered after the next start). ``repeat``: its execution id was submitted before
+    is delivered after the next start), or ``None`` with ``refused`` set when the gateway
+    refused it as malformed (quarantined). ``repeat``: its execution id was submitted before
     (``dedup`` reporters only: it is not delivered again)."""
 
     execution: types_pb2.Execution
     done: asyncio.Future
     repeat: bool = False
     recorded: str | None = field(default=None)  # the stored outcome of an earlier delivery (repeat)
+    refused: str | None = field(default=None)  # the gateway's answer when it refused it (quarantined)
 
 
 class ExecutionReporter:
@@ -159,8 +194,8 @@ class ExecutionReporter:
         name: str = "report-executions",
         dedup: bool = False,
         batch_max: int = REPORT_BATCH_MAX,
-        retry_min_s: float = REPORT_RETRY_MIN_S,
-        retry_max_s: float = REPORT_RETRY_MAX_S,
+        retry_min_s: float = DEFAULT_REPORT_RETRY_MIN_S,
+        retry_max_s: float = DEFAULT_REPORT_RETRY_MAX_S,
     ) -> None:
         self.store = store
         self._send = send
@@ -174,6 +209,7 @@ class ExecutionReporter:
         self._task: asyncio.Task | None = None
         self._pending: dict[str, Delivery] = {}  # dedup: queued execution id -> its first delivery
         self._failing: GatewayError | None = None
+        self._failed_attempts = 0  # since the gateway last answered
         self._failed: asyncio.Future | None = None  # resolved at the next failed attempt
 
     @property
@@ -182,7 +218,8 @@ class ExecutionReporter:
 
     @property
     def failing(self) -> GatewayError | None:
-        """The last attempt's transport error while the gateway is not answering, else None."""
+        """The last attempt's error while the gateway is not answering (unreachable, or
+        refusing the calls: a revoked token), else None."""
         return self._failing
 
     def start(self) -> int:
@@ -256,41 +293,92 @@ class ExecutionReporter:
             self._failed.set_result(None)
 
     def _attempt_failed(self, error: GatewayError) -> None:
+        """Log the first failure of a run of them (and a change of kind, e.g. an outage that
+        turns into a refused token), not every attempt."""
+        self._failed_attempts += 1
+        if self._failing is None or type(self._failing) is not type(error):
+            refused = isinstance(error, Unauthenticated | PermissionDenied)
+            self._log.log(
+                logging.ERROR if refused else logging.WARNING,
+                "execution reports not delivered: %s%s: %s; they stay queued and are retried every %.1f s "
+                "at most until the gateway answers", "the gateway refuses them, " if refused else "",
+                type(error).__name__, error.message, self._retry_max_s,
+            )
         self._failing = error
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(None)
 
+    def _answered(self) -> None:
+        if self._failing is not None:
+            self._log.warning("execution reports delivered again, after %d failed attempt(s) (last: %s: %s)",
+                              self._failed_attempts, type(self._failing).__name__, self._failing.message)
+        self._failing = None
+        self._failed_attempts = 0
+
     async def _run(self) -> None:
-        delay = self._retry_min_s
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < self._batch_max:
                 batch.append(self._queue.get_nowait())
-            executions = [delivery.execution for delivery in batch]
             try:
-                while True:
-                    try:
-                        results = await self._send(executions)
-                        break
-                    except GatewayError as exc:
-                        self._attempt_failed(exc)
-                        self._log.warning("%d execution(s) not reported yet (%s); retrying in %.2f s",
-                                          len(executions), exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, self._retry_max_s)
+                await self._deliver(batch)
             except asyncio.CancelledError:  # stopping: the batch stays in the store for the next start
                 for delivery in batch:
                     if not delivery.done.done():
                         delivery.done.set_result(None)
                 raise
-            self._failing = None
-            delay = self._retry_min_s
-            for delivery, result in zip(batch, results, strict=False):
-                execution = delivery.execution
-                self._log.info("execution %s of %s: %s", execution.execution_id, execution.client_order_id,
-                               types_pb2.ExecutionStatus.Name(result.status))
-                self.store.remove(execution.execution_id, result.status)
-                if self._dedup and self._pending.get(execution.execution_id) is delivery:
-                    del self._pending[execution.execution_id]
-                if not delivery.done.done():
-                    delivery.done.set_result(result.status)
+
+    async def _deliver(self, batch: list[Delivery]) -> None:
+        """Send ``batch`` until the gateway answers it. Refused as malformed, it is sent again
+        one execution at a time (in order), and one refused on its own is quarantined."""
+        answer = await self._send_until_answered([delivery.execution for delivery in batch])
+        if isinstance(answer, InvalidOrder):
+            if len(batch) > 1:
+                for delivery in batch:
+                    await self._deliver([delivery])
+            else:
+                self._quarantine(batch[0], answer)
+            return
+        for delivery, result in zip(batch, answer, strict=False):
+            execution = delivery.execution
+            self._log.info("execution %s of %s: %s", execution.execution_id, execution.client_order_id,
+                           types_pb2.ExecutionStatus.Name(result.status))
+            self.store.remove(execution.execution_id, result.status)
+            self._settle(delivery, result.status)
+
+    async def _send_until_answered(
+        self, executions: list[types_pb2.Execution]
+    ) -> list[gateway_pb2.ExecutionResult] | InvalidOrder:
+        """The gateway's results, or its INVALID_ARGUMENT (an answer too: no retry could
+        change it); any other error is retried with the backoff."""
+        delay = self._retry_min_s
+        while True:
+            try:
+                results = await self._send(executions)
+            except InvalidOrder as exc:
+                self._answered()
+                return exc
+            except GatewayError as exc:
+                self._attempt_failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            self._answered()
+            return results
+
+    def _quarantine(self, delivery: Delivery, error: InvalidOrder) -> None:
+        execution = delivery.execution
+        violations = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
+        reason = f"INVALID_ARGUMENT: {error.message}" + (f" ({violations})" if violations else "")
+        self.store.quarantine(execution.execution_id, execution.SerializeToString(), reason)
+        self._log.error("execution %s of %s refused by the gateway and quarantined (kept in the state file, "
+                        "not delivered): %s", execution.execution_id, execution.client_order_id, reason)
+        delivery.refused = reason
+        self._settle(delivery, None)
+
+    def _settle(self, delivery: Delivery, status: int | None) -> None:
+        execution_id = delivery.execution.execution_id
+        if self._dedup and self._pending.get(execution_id) is delivery:
+            del self._pending[execution_id]
+        if not delivery.done.done():
+            delivery.done.set_result(status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -531,6 +532,65 @@ async def test_a_report_queued_before_a_bridge_restart_is_delivered_after_it(tmp
             assert bridge.pending_reports() == [] and bridge.report_outcome("r1-fill") == "APPLIED"
         finally:
             await bridge.stop()
+
+
+async def test_reports_refused_for_a_revoked_token_are_kept_then_delivered_once_the_token_is_fixed(tmp_path, caplog):
+    """A bridge whose token the gateway refuses (UNAUTHENTICATED for every call) keeps its
+    reports, retries them with the backoff, logs the refusal once and says it in ``pong``;
+    restarted with a valid token on the same state file, it delivers all of them, in order,
+    once each."""
+    caplog.set_level(logging.INFO, logger="pretrade.mt5")
+    state_file = str(tmp_path / "mt5" / "reports.sqlite")
+    async with running_gateway(tmp_path / "gw") as gateway:
+        revoked = bridge_config(gateway.target, "revoked-token", decision_timeout_ms=500, state_file=state_file)
+        bridge = Mt5Bridge(revoked)
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port, version=2)
+        try:
+            for number in range(1, 4):
+                reply = await terminal.deal(f"t{number}", "cancelled", f"t{number}-cancel")
+                assert reply["status"] == "queued"
+            await wait_until(lambda: bridge._reporter._failed_attempts >= 4, "the refused batch was not retried")
+            pong = await terminal.request("ping")
+            assert pong["reports"] == {"pending": 3, "quarantined": 0,
+                                       "failing": "Unauthenticated: invalid bearer token"}
+            refusals = [r for r in caplog.records if "not delivered" in r.getMessage()]
+            assert len(refusals) == 1 and refusals[0].levelname == "ERROR", [r.getMessage() for r in refusals]
+            assert _delivered(caplog, "t1-cancel") == []
+        finally:
+            await terminal.close()
+            await bridge.stop()
+
+        bridge = Mt5Bridge(dataclasses.replace(revoked, token=gateway.tokens["trader"]))  # the token fixed
+        await bridge.start()
+        terminal = await Terminal.connect(bridge.port, version=2)
+        try:
+            await wait_until(lambda: bridge.pending_reports() == [], "the kept reports were not delivered")
+            answers = [r.getMessage() for r in caplog.records
+                       if r.name == "pretrade.mt5" and r.getMessage().startswith("execution t")]
+            assert answers == [f"execution t{n}-cancel of t{n}: EXECUTION_STATUS_UNKNOWN_ORDER" for n in (1, 2, 3)]
+            assert (await terminal.request("ping"))["reports"] == {"pending": 0, "quarantined": 0, "failing": None}
+        finally:
+            await terminal.close()
+            await bridge.stop()
+
+
+async def test_a_report_the_gateway_refuses_as_malformed_is_quarantined_and_blocks_nothing(setup, caplog):
+    """The gateway refuses an execution id longer than its name limit (64) with
+    INVALID_ARGUMENT, for the whole batch: the bridge quarantines that report, answers the
+    terminal an error it does not retry, and the reports behind it are delivered."""
+    caplog.set_level(logging.INFO, logger="pretrade.mt5")
+    _, bridge, terminal = setup
+    long_id = "x" * 65
+    refused = await terminal.deal("m1", "cancelled", long_id)
+    assert (refused["type"], refused["code"]) == ("error", "INVALID_EXECUTION")
+    assert "execution_id" in refused["message"] and "quarantine" in refused["message"]
+    after = await terminal.deal("m2", "cancelled", "m2-cancel")
+    assert (after["type"], after["status"]) == ("execution_result", "unknown_order")
+    assert bridge.pending_reports() == []
+    assert [execution_id for execution_id, _ in bridge.quarantined_reports()] == [long_id]
+    assert (await terminal.request("ping"))["reports"] == {"pending": 0, "quarantined": 1, "failing": None}
+    assert len([r for r in caplog.records if r.levelname == "ERROR" and "quarantined" in r.getMessage()]) == 1
 
 
 async def test_a_second_bridge_on_the_same_state_file_fails_at_start_with_one_line(tmp_path):

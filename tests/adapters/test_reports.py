@@ -1,6 +1,7 @@
 """The adapters' execution queue (clients/adapters/reports.py) on its own, with a stand-in for
 ``ReportExecutions``: order, retries until an answer, idempotence on the execution id, what a
-restart reads back, the exclusive lock. The MT5 bridge and FIX adapter tests run it against a
+restart reads back, the exclusive lock, a refused token (backoff, logged once), a malformed
+execution (quarantined, not blocking the others). The MT5 bridge and FIX adapter tests run it against a
 real gateway."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sqlite3
 
 import pytest
 
-from clients import GatewayUnavailable
+from clients import GatewayUnavailable, InvalidOrder, Unauthenticated
+from clients.errors import FieldViolation
 from clients.adapters.reports import (
     OUTCOMES_SCHEMA,
     REPORTS_SCHEMA,
@@ -109,3 +111,83 @@ def test_a_second_process_on_the_state_file_is_refused_and_outcomes_expire(tmp_p
     assert first.outcome("y1") is None
     first._db.close()
     store(path)._db.close()  # free again
+
+
+class RefusingGateway(Gateway):
+    """Refuses every call while ``refusing`` (a revoked token: UNAUTHENTICATED), and, like the
+    gateway's validator, a whole batch holding an execution whose id starts with ``bad``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refusing = True
+
+    async def send(self, executions):
+        self.attempts += 1
+        if self.refusing:
+            raise Unauthenticated("invalid bearer token")
+        bad = [i for i, e in enumerate(executions) if e.execution_id.startswith("bad")]
+        if bad:
+            raise InvalidOrder("invalid request", tuple(
+                FieldViolation(f"executions[{i}].execution_id", "longer than 64 characters") for i in bad))
+        return await super().send(executions)
+
+
+async def test_a_refused_batch_backs_off_is_logged_once_and_is_delivered_once_the_token_is_fixed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=log.name)
+    gateway = RefusingGateway()
+    retry_max_s = 0.05
+    reporter = ExecutionReporter(store(tmp_path / "reports.sqlite"), gateway.send, log=log, dedup=True,
+                                 retry_min_s=0.01, retry_max_s=retry_max_s)
+    reporter.start()
+    deliveries = [reporter.submit(execution(f"x{i}")) for i in range(1, 4)]
+    window_s = 0.5
+    await asyncio.sleep(window_s)
+    # backing off: at most one attempt per retry_max_s once the delay is at its max (a hot
+    # loop would make thousands), and retried all along
+    assert 3 <= gateway.attempts <= window_s / retry_max_s + 4, gateway.attempts
+    assert isinstance(reporter.failing, Unauthenticated)
+    assert reporter.pending_ids() == ["x1", "x2", "x3"] and not any(d.done.done() for d in deliveries)
+    refusals = [r for r in caplog.records if "not delivered" in r.getMessage()]
+    assert [(r.levelname, r.getMessage().split(";")[0]) for r in refusals] == [
+        ("ERROR", "execution reports not delivered: the gateway refuses them, Unauthenticated: invalid bearer token")
+    ]
+
+    gateway.refusing = False  # the token is fixed
+    statuses = await asyncio.wait_for(asyncio.gather(*(d.done for d in deliveries)), WAIT_S)
+    assert statuses == [types_pb2.EXECUTION_STATUS_APPLIED] * 3
+    assert sum(gateway.batches, []) == ["x1", "x2", "x3"]  # all of them, in order, once each
+    assert reporter.failing is None and reporter.pending_ids() == []
+    recovered = [r.getMessage() for r in caplog.records if "delivered again" in r.getMessage()]
+    assert len(recovered) == 1 and "Unauthenticated" in recovered[0]
+    assert len([r for r in caplog.records if "not delivered" in r.getMessage()]) == 1
+    await reporter.stop()
+    reporter.store._db.close()
+
+
+async def test_a_malformed_execution_is_quarantined_and_does_not_block_the_others(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=log.name)
+    path = tmp_path / "reports.sqlite"
+    gateway = RefusingGateway()
+    reporter = ExecutionReporter(store(path), gateway.send, log=log, dedup=True, retry_min_s=0.01, retry_max_s=0.02)
+    reporter.start()
+    ids = ["g1", "bad-1", "g2", "g3"]
+    deliveries = [reporter.submit(execution(execution_id)) for execution_id in ids]  # one batch: no await between
+    gateway.refusing = False
+    statuses = await asyncio.wait_for(asyncio.gather(*(d.done for d in deliveries)), WAIT_S)
+    applied = types_pb2.EXECUTION_STATUS_APPLIED
+    assert statuses == [applied, None, applied, applied]
+    assert sum(gateway.batches, []) == ["g1", "g2", "g3"]  # the others, in order, once each
+    refused = deliveries[1].refused
+    assert refused.startswith("INVALID_ARGUMENT: invalid request") and "longer than 64" in refused
+    assert reporter.pending_ids() == [] and reporter.store.quarantined() == [("bad-1", refused)]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "bad-1" in errors[0] and "quarantined" in errors[0]
+    later = reporter.submit(execution("g4"))  # the queue flows on
+    assert await reporter.outcome(later, WAIT_S) == applied
+    await reporter.stop()
+    reporter.store._db.close()
+
+    restarted = store(path)  # kept across a restart, and not queued again
+    assert restarted.quarantined() == [("bad-1", refused)] and restarted.pending_ids() == []
+    restarted._db.close()

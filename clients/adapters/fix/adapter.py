@@ -57,9 +57,9 @@ from clients.adapters.fix.book import OrderBook, WorkingOrder
 from clients.adapters.fix.reasons import OTHER, ord_rej_reason
 from clients.adapters.link import GatewayLink
 from clients.adapters.reports import (  # noqa: F401 - the batch / retry settings, re-exported
+    DEFAULT_REPORT_RETRY_MAX_S,
+    DEFAULT_REPORT_RETRY_MIN_S,
     REPORT_BATCH_MAX,
-    REPORT_RETRY_MAX_S,
-    REPORT_RETRY_MIN_S,
     ExecutionReporter,
 )
 from fastpath.codes import PRICE_SCALE, QTY_SCALE

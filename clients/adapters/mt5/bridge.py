@@ -7,7 +7,8 @@ and a ``"type"``:
 
 * ``check``     → ``decision``          an order to decide before OrderSend
 * ``execution`` → ``execution_result``  a deal / cancel / reject of a checked order
-* ``ping``      → ``pong``
+* ``ping``      → ``pong`` (with ``reports``: pending, quarantined, why the gateway is not
+  answering them)
 
 Execution reports are the bridge's responsibility once it has them: each is committed to
 the bridge's state file (``bridge.state_file``, default ``<data dir>/mt5/reports.sqlite``,
@@ -184,6 +185,22 @@ class Mt5Bridge:
         first): kept in the state file, delivered by the worker."""
         return self._reporter.pending_ids() if self._reporter is not None and not self._stopped else []
 
+    def quarantined_reports(self) -> list[tuple[str, str]]:
+        """(execution id, the gateway's answer) of the executions the gateway refused as
+        malformed: kept in the state file, not delivered (``reports.ReportStore.quarantined``)."""
+        return self._reporter.store.quarantined() if self._reporter is not None and not self._stopped else []
+
+    def reports_status(self) -> dict[str, Any]:
+        """The execution reports' state for ``pong``: how many wait for the gateway, how many
+        it refused (quarantined), and why it is not answering, if it is not (``failing``:
+        e.g. ``Unauthenticated: invalid bearer token`` for a revoked token; else null)."""
+        failing = self._reporter.failing if self._reporter is not None else None
+        return {
+            "pending": len(self.pending_reports()),
+            "quarantined": len(self.quarantined_reports()),
+            "failing": f"{type(failing).__name__}: {failing.message}" if failing is not None else None,
+        }
+
     def report_outcome(self, execution_id: str) -> str | None:
         """The gateway's answer to a delivered execution (``APPLIED``, ``DUPLICATE``,
         ``UNKNOWN_ORDER``, ``OVERFILL``), None if it was not delivered (yet)."""
@@ -281,7 +298,7 @@ class Mt5Bridge:
                 reply = await self._execution(request, version)
             elif kind == "ping":
                 reply = {"type": "pong", "server_time_ns": time.time_ns(),
-                         "versions": list(SUPPORTED_VERSIONS)}
+                         "versions": list(SUPPORTED_VERSIONS), "reports": self.reports_status()}
             else:
                 raise ProtocolError("BAD_REQUEST", f"type: unknown message type {kind!r}")
             reply = {"v": version, "id": request_id, **reply}
@@ -386,6 +403,9 @@ class Mt5Bridge:
         # committed to the state file before any reply: from here on the bridge delivers it
         delivery = self._reporter.submit(execution)
         status = await self._reporter.outcome(delivery, self.config.decision_timeout_s)
+        if delivery.refused is not None:  # quarantined: the terminal must not send it again
+            raise ProtocolError("INVALID_EXECUTION", f"{delivery.refused}; the bridge keeps it in quarantine, "
+                                                     "not delivered")
         if status is None:  # the gateway did not answer (yet): the worker retries until it does
             if version >= 2:
                 return {"type": "execution_result", "client_order_id": execution.client_order_id,
