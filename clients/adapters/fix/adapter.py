@@ -56,12 +56,7 @@ from clients import DeadlineExceeded, GatewayError
 from clients.adapters.fix.book import OrderBook, WorkingOrder
 from clients.adapters.fix.reasons import OTHER, ord_rej_reason
 from clients.adapters.link import GatewayLink
-from clients.adapters.reports import (  # noqa: F401 - the batch / retry settings, re-exported
-    DEFAULT_REPORT_RETRY_MAX_S,
-    DEFAULT_REPORT_RETRY_MIN_S,
-    REPORT_BATCH_MAX,
-    ExecutionReporter,
-)
+from clients.adapters.reports import ExecutionReporter
 from fastpath.codes import PRICE_SCALE, QTY_SCALE
 from fastpath.fixedpoint import FixedPointError, to_fixed
 from pretrade.v1 import gateway_pb2, types_pb2
