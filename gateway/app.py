@@ -14,8 +14,10 @@ that cannot follow the halt state for longer than the follower's staleness bound
 missing a halt or a kill switch: it rejects every order with HALT_STATE_UNAVAILABLE and
 reports NOT_SERVING until it has reloaded the state (fail closed).
 
-Signals: SIGHUP recompiles the rules file off the event loop thread and swaps it in on the
-loop (a bad file is logged and the old rules stay); SIGINT/SIGTERM shut down gracefully:
+Signals: SIGHUP reloads the token file, then recompiles the rules file, each read off the
+event loop thread and swapped in on the loop, each independently (a bad file is logged in
+one ERROR line and what was in force stays; a bad rules file never delays a revocation).
+A token reload ends the open streams of revoked tokens (gateway.auth). SIGINT/SIGTERM shut down gracefully:
 health NOT_SERVING, stop accepting calls, let open calls and streams finish within the
 grace period, flush the outbox to JetStream, stop the embedded nats-server.
 """
@@ -38,14 +40,14 @@ from fastpath.engine import Engine
 from fastpath.errors import RulesError
 from fastpath.rules import load_rules, load_rules_with_text
 from gateway.aio import cancel_until_done
-from gateway.auth import TokenStore
+from gateway.auth import AuthInterceptor, TokenStore, reload_token_file
 from gateway.config import GatewayConfig, claim_data_dir
 from gateway.embedded_nats import EmbeddedNats
 from gateway.marketdata import ReferencePriceSubscriber
 from gateway.metrics import GatewayMetrics, MetricsHttpServer
 from gateway.outbox import EVENTS_OUTBOX_SUBDIR, DecisionOutbox
 from gateway.publisher import EVENTS_TARGET, DecisionPublisher, PublisherMetricHooks
-from gateway.server import HostedService, create_server, set_health
+from gateway.server import HostedService, create_server, gateway_method_roles, set_health
 from gateway.servicer import (
     AdminServicer,
     GatewayEventLog,
@@ -101,6 +103,8 @@ class GatewayApp:
         self.gate: OrderGate | None = None
         self.gateway_servicer: GatewayServicer | None = None
         self.reloader: RulesReloader | None = None
+        #: The auth interceptor of the port: SIGHUP reloads the token file into it.
+        self.auth: AuthInterceptor | None = None
         self.health = health.aio.HealthServicer()
         self._outbox: DecisionOutbox | None = None
         self._publisher: DecisionPublisher | None = None
@@ -202,12 +206,13 @@ class GatewayApp:
                 )
             self.gate.halt_state_available = False  # until the follower has loaded it
             await set_health(self.health, serving=False)
+            self.auth = AuthInterceptor(tokens, gateway_method_roles(hosted))
             self._server, self.port = create_server(
                 config,
                 gateway_servicer=self.gateway_servicer,
                 admin_servicer=admin_servicer,
                 health_servicer=self.health,
-                tokens=tokens,
+                auth=self.auth,
                 metrics=self.metrics,
                 hosted=hosted,
             )
@@ -332,7 +337,16 @@ class GatewayApp:
         """Recompile and swap the rules (SIGHUP and AdminService.ReloadRules)."""
         return await self.reloader.reload(path)
 
+    async def reload_tokens(self) -> bool:
+        """Reload the token file (SIGHUP): whether it took effect (see
+        :func:`gateway.auth.reload_token_file`; a bad file is logged and changes nothing)."""
+        return await reload_token_file(self.auth, self.config.tokens_path)
+
     async def _reload_on_signal(self) -> None:
+        """SIGHUP: the token file, then the rules file. Tokens first, as a revocation is
+        urgent and reading them takes microseconds; a rules file that does not compile
+        must not hold it up."""
+        await self.reload_tokens()
         try:
             previous, current = await self.reload_rules()
         except RulesError as exc:

@@ -9,14 +9,23 @@ constant time.
 A token maps to a :class:`Principal` (a name and roles within ``trader``, ``operator``,
 ``admin``). :class:`AuthInterceptor` checks the method's role table before the servicer
 runs and exposes the principal to servicers through :data:`current_principal`.
+
+Revocation without a restart: :func:`reload_token_file` reads the token file again and
+swaps it into the interceptor (the gateway and ``pretrade ledger run --listen`` call it on
+SIGHUP). A unary call is checked when it starts, so one in flight finishes and the next is
+checked against the new file. A stream lives for hours, so it is checked again at every
+reload: one whose token left the file ends with UNAUTHENTICATED, one whose principal lost
+the roles of its method with PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
 import inspect
+import logging
 import os
 import secrets
 import tomllib
@@ -27,6 +36,8 @@ from typing import Callable, Iterable, Mapping
 import grpc
 
 from pretrade.v1 import gateway_pb2
+
+log = logging.getLogger(__name__)
 
 ROLE_TRADER = "trader"
 ROLE_OPERATOR = "operator"
@@ -183,7 +194,12 @@ class TokenStore:
     def authenticate(self, token: str) -> Principal | None:
         """The principal of ``token``, or None. Every stored hash is compared, in constant
         time, so the time taken says nothing about which entry (if any) matched."""
-        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        return self.principal_of(hashlib.sha256(token.encode("utf-8")).digest())
+
+    def principal_of(self, digest: bytes) -> Principal | None:
+        """The principal of the token whose SHA-256 is ``digest``, or None (constant time,
+        as :meth:`authenticate`). Open streams keep the digest, never the token, to be
+        checked again at a reload."""
         found = None
         for entry in self._entries:
             if hmac.compare_digest(entry.digest, digest):
@@ -368,12 +384,109 @@ def bearer_token(metadata) -> str | None:
     return None
 
 
+class _OpenStream:
+    """One admitted streaming call, for :meth:`AuthInterceptor.replace_store`: its token's
+    digest, its method, the task serving it and, once a reload revoked it, how it ends."""
+
+    __slots__ = ("digest", "method", "principal", "task", "in_servicer", "ending")
+
+    def __init__(self, digest: bytes, method: str, principal: Principal) -> None:
+        self.digest = digest
+        self.method = method
+        self.principal = principal
+        self.task: asyncio.Task | None = None
+        #: True while the servicer's code runs (awaits): cancelling the task then lands in
+        #: it. False while gRPC writes a message a generator yielded.
+        self.in_servicer = False
+        #: (code, message) once a reload revoked the stream.
+        self.ending: tuple[grpc.StatusCode, str] | None = None
+
+    def end(self, code: grpc.StatusCode, message: str) -> None:
+        """End the call with ``code``: cancel the servicer where it waits (reading the next
+        request, waiting for a halt event, writing a response) and let the wrapper turn the
+        cancellation into that status, after the servicer's own clean-up ran."""
+        self.ending = (code, message)
+        if self.in_servicer and self.task is not None:
+            self.task.cancel()
+
+
+def _streams_until_revoked(handler: grpc.RpcMethodHandler, stream: _OpenStream, open_streams: set[_OpenStream]):
+    """``handler`` (a streaming method) registered in ``open_streams`` while it runs, and
+    ended with ``stream.ending`` once a reload revoked it.
+
+    The servicer is stopped by cancelling its task, not by aborting the call from the
+    reloading task, so that its ``finally`` blocks (StreamOrders releases the stream's
+    cancel-on-disconnect orders) run before the status goes out. It can only be cancelled
+    at an ``await``: a decision being made is finished and recorded first (the order path
+    does not await between deciding and recording). A decision recorded but whose response
+    write was cut is in the outbox and published like any other; the client gets it again by
+    retrying with the same request id."""
+
+    async def abort_if_revoked(context) -> None:
+        if stream.ending is not None:
+            await context.abort(*stream.ending)
+
+    def wrap(behavior):
+        if inspect.isasyncgenfunction(behavior):
+
+            async def revocable_stream(request, context):
+                stream.task = asyncio.current_task()
+                open_streams.add(stream)
+                responses = behavior(request, context)
+                try:
+                    while True:
+                        await abort_if_revoked(context)  # revoked while gRPC wrote the last one
+                        stream.in_servicer = True
+                        try:
+                            response = await anext(responses)
+                        except StopAsyncIteration:
+                            return
+                        except asyncio.CancelledError:
+                            if stream.ending is None:
+                                raise
+                            stream.task.uncancel()
+                            await responses.aclose()
+                            await abort_if_revoked(context)
+                        finally:
+                            stream.in_servicer = False
+                        yield response
+                finally:
+                    open_streams.discard(stream)
+                    await responses.aclose()
+
+            return revocable_stream
+        if not inspect.iscoroutinefunction(behavior):
+            raise TypeError(f"{behavior!r} is not an async servicer method")
+
+        async def revocable(request, context):
+            stream.task = asyncio.current_task()
+            open_streams.add(stream)
+            stream.in_servicer = True
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                if stream.ending is None:
+                    raise
+                stream.task.uncancel()
+                await abort_if_revoked(context)
+            finally:
+                stream.in_servicer = False
+                open_streams.discard(stream)
+
+        return revocable
+
+    return _with_behavior(handler, wrap)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Admits a call if its bearer token names a principal with a role the method allows.
 
     No or unknown token: UNAUTHENTICATED. Known principal without an allowed role (or a
     method missing from the role table): PERMISSION_DENIED. Public methods (health,
     reflection) need no token.
+
+    Streaming calls stay registered while they run; :meth:`replace_store` (a token reload)
+    ends those the new store no longer admits.
     """
 
     def __init__(
@@ -385,6 +498,53 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._store = store
         self._method_roles = dict(method_roles)
         self._public = public_method_prefixes
+        self._open_streams: set[_OpenStream] = set()
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
+
+    @property
+    def open_streams(self) -> int:
+        """Authenticated streaming calls open now."""
+        return len(self._open_streams)
+
+    def _refusal(self, principal: Principal, method: str) -> str | None:
+        """Why ``principal`` may not call ``method`` (None: it may)."""
+        allowed = self._method_roles.get(method)
+        if allowed is not None and principal.may(allowed):
+            return None
+        needed = " or ".join(sorted(allowed)) if allowed else "a role table entry"
+        return f"{principal.name} (roles: {', '.join(sorted(principal.roles))}) may not call {method}: needs {needed}"
+
+    def replace_store(self, store: TokenStore) -> int:
+        """Admit ``store``'s tokens from now on, and end every open stream it no longer
+        admits: UNAUTHENTICATED if its token is gone, PERMISSION_DENIED if its principal's
+        roles no longer allow its method. Returns how many streams were ended.
+
+        The swap is one reference assignment and needs no lock: the interceptor and every
+        call it wraps run on the event loop thread, and this runs there too, so no call is
+        checked against half a store; a call admitted before the assignment and still
+        running is a stream (checked below) or a unary call, which finishes.
+        """
+        self._store = store
+        ended = 0
+        for stream in list(self._open_streams):
+            if stream.ending is not None:
+                continue
+            principal = store.principal_of(stream.digest)
+            if principal is None:
+                stream.end(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"token of {stream.principal.name} revoked at token reload: {stream.method} ended",
+                )
+            elif refusal := self._refusal(principal, stream.method):
+                stream.end(grpc.StatusCode.PERMISSION_DENIED, f"roles changed at token reload: {refusal}")
+            else:
+                continue
+            log.warning("ending a stream at token reload: %s", stream.ending[1])
+            ended += 1
+        return ended
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -398,16 +558,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing bearer token: send metadata 'authorization: Bearer <token>'",
             )
-        principal = self._store.authenticate(token)
+        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        principal = self._store.principal_of(digest)
         if principal is None:
             return _refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
-        allowed = self._method_roles.get(method)
-        if allowed is None or not principal.may(allowed):
-            needed = " or ".join(sorted(allowed)) if allowed else "a role table entry"
-            return _refusing_handler(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{principal.name} (roles: {', '.join(sorted(principal.roles))}) "
-                f"may not call {method}: needs {needed}",
-            )
-        return wrap_method_handler(handler, lambda _context: current_principal.set(principal))
+        if refusal := self._refusal(principal, method):
+            return _refusing_handler(handler, grpc.StatusCode.PERMISSION_DENIED, refusal)
+        admitted = wrap_method_handler(handler, lambda _context: current_principal.set(principal))
+        if handler.request_streaming or handler.response_streaming:
+            return _streams_until_revoked(admitted, _OpenStream(digest, method, principal), self._open_streams)
+        return admitted
+
+
+async def reload_token_file(interceptor: AuthInterceptor, path: str | os.PathLike) -> bool:
+    """Read the token file ``path`` again and swap it into ``interceptor`` (SIGHUP of the
+    gateway and of ``pretrade ledger run --listen``). The whole file is parsed and checked
+    before anything changes: on any problem the tokens in force stay, one ERROR line names
+    the file and the problem (TokenStore.load's message) and the result is False. The file
+    is read off the event loop thread (a slow disk must not pause the order path); the swap
+    is on it (:meth:`AuthInterceptor.replace_store`)."""
+    try:
+        store = await asyncio.to_thread(TokenStore.load, path)
+    except TokenFileError as exc:
+        log.error("token reload failed, keeping the %d tokens in force: %s", len(interceptor.store), exc)
+        return False
+    ended = interceptor.replace_store(store)
+    log.info("tokens reloaded from %s: %d tokens, %d open streams ended", path, len(store), ended)
+    return True

@@ -110,27 +110,40 @@ async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) 
         await health_servicer.set(name, status)
 
 
+def gateway_method_roles(hosted: Sequence[HostedService] = ()) -> dict[str, frozenset[str]]:
+    """The role table of a gateway's port: its own services' and the hosted ones'."""
+    method_roles = dict(DEFAULT_METHOD_ROLES)
+    for service in hosted:
+        method_roles.update(service.method_roles)
+    return method_roles
+
+
 def create_server(
     config: GatewayConfig,
     *,
     gateway_servicer: GatewayServicer,
     admin_servicer: AdminServicer,
     health_servicer: health.aio.HealthServicer,
-    tokens: TokenStore,
+    tokens: TokenStore | None = None,
+    auth: AuthInterceptor | None = None,
     metrics: GatewayMetrics | None = None,
     hosted: Sequence[HostedService] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A configured, not yet started server and the port it bound (``config.listen`` may
     ask for port 0). Interceptors: metrics outermost (so refused calls are counted), then
     authentication. Beyond ``config.max_concurrent_rpcs`` calls gRPC answers
-    RESOURCE_EXHAUSTED."""
+    RESOURCE_EXHAUSTED.
+
+    Exactly one of ``tokens`` and ``auth``: ``auth`` is an interceptor the caller built
+    (with :func:`gateway_method_roles`) and keeps, to reload the token file into it later
+    (the gateway app, on SIGHUP); ``tokens`` admits a fixed store for the server's life (a
+    benchmark's server)."""
+    if (tokens is None) == (auth is None):
+        raise TypeError("create_server: give exactly one of tokens and auth")
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
-    method_roles = dict(DEFAULT_METHOD_ROLES)
-    for service in hosted:
-        method_roles.update(service.method_roles)
-    interceptors.append(AuthInterceptor(tokens, method_roles))
+    interceptors.append(auth if auth is not None else AuthInterceptor(tokens, gateway_method_roles(hosted)))
     server = grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,

@@ -239,15 +239,16 @@ class _RemoteLedger:
 # --- run / keygen ------------------------------------------------------------------------------
 
 
-def _tokens_for_listen(args):
-    from gateway.auth import DEMO_TOKENS_FILE, TokenStore
+def _tokens_file_for_listen(args) -> Path:
+    """The token file of ``--listen``: ``--tokens``, else the data dir's demo tokens."""
+    from gateway.auth import DEMO_TOKENS_FILE
 
     if args.tokens:
-        return TokenStore.load(args.tokens)
+        return Path(args.tokens)
     demo = Path(args.data_dir) / DEMO_TOKENS_FILE
     if not demo.exists():
         raise LedgerCommandError(f"--listen needs --tokens FILE (no demo tokens in {args.data_dir})")
-    return TokenStore.load(demo)
+    return demo
 
 
 def _listen_credentials(args):
@@ -271,7 +272,8 @@ def _cmd_run(args) -> int:
     from ledger.layout import load_signer
     from ledger.metrics import METRICS_OFF, MetricsHttpServer, parse_metrics_listen
     from ledger.runtime import LedgerRuntime, health_interval
-    from ledger.service import create_ledger_server
+    from gateway.auth import AuthInterceptor, TokenStore, reload_token_file
+    from ledger.service import LEDGER_METHOD_ROLES, create_ledger_server
 
     try:
         health_interval_s = health_interval(args.health_interval)  # the flag, else the environment
@@ -284,7 +286,8 @@ def _cmd_run(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     credentials = _listen_credentials(args)  # a bad TLS file fails now, before anything is opened
-    tokens = _tokens_for_listen(args) if args.listen else None
+    tokens_file = _tokens_file_for_listen(args) if args.listen else None
+    auth = AuthInterceptor(TokenStore.load(tokens_file), LEDGER_METHOD_ROLES) if tokens_file is not None else None
     runtime = LedgerRuntime(
         args.data_dir,
         origin=args.origin,
@@ -305,6 +308,15 @@ def _cmd_run(args) -> int:
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
+        reloads: set[asyncio.Task] = set()
+        if auth is not None:
+            # SIGHUP reloads the token file (as on the gateway); a bad file is one ERROR line.
+            def reload_tokens() -> None:
+                task = asyncio.create_task(reload_token_file(auth, tokens_file))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload_tokens)
         try:
             info = {"ledger": str(runtime.path), "nats_url": args.nats_url, "signed": runtime.signed}
             if metrics_listen is not None:
@@ -313,8 +325,8 @@ def _cmd_run(args) -> int:
                 except ValueError as exc:
                     raise LedgerCommandError(str(exc)) from None
                 info["metrics"] = metrics_http.url
-            if tokens is not None:
-                server, port = await create_ledger_server(runtime.reader, args.listen, tokens, credentials)
+            if auth is not None:
+                server, port = await create_ledger_server(runtime.reader, args.listen, auth, credentials)
                 await server.start()
                 info["listen"] = f"{args.listen.rpartition(':')[0]}:{port}"
                 info["tls"] = credentials is not None

@@ -6,7 +6,8 @@ Two ways to host it:
   server starts, and merge :data:`LEDGER_METHOD_ROLES` into the auth interceptor's table
   (``AuthInterceptor(tokens, {**DEFAULT_METHOD_ROLES, **LEDGER_METHOD_ROLES})``);
 * standalone (``pretrade ledger run --listen``): :func:`create_ledger_server`, with its own
-  token check, health and reflection, and TLS / mutual TLS as the gateway's port
+  token check (an ``AuthInterceptor(tokens, LEDGER_METHOD_ROLES)`` that SIGHUP reloads the
+  token file into, ``gateway.auth.reload_token_file``), health and reflection, and TLS / mutual TLS as the gateway's port
   (``--tls-cert``/``--tls-key``/``--tls-client-ca``).
 
 Every role may read the ledger. Point reads (entry, proofs, checkpoint) run on the event
@@ -29,7 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.auth import ROLE_ADMIN, ROLE_OPERATOR, ROLE_TRADER, AuthInterceptor, TokenStore, service_method_roles
+from gateway.auth import ROLE_ADMIN, ROLE_OPERATOR, ROLE_TRADER, AuthInterceptor, service_method_roles
 from gateway.server import ListenError
 from ledger.errors import (
     CheckpointNotFoundError,
@@ -137,15 +138,16 @@ def add_ledger_service(server: grpc.aio.Server, reader: LedgerReader) -> LedgerS
 
 
 async def create_ledger_server(
-    reader: LedgerReader, listen: str, tokens: TokenStore, credentials: grpc.ServerCredentials | None = None
+    reader: LedgerReader, listen: str, auth: AuthInterceptor, credentials: grpc.ServerCredentials | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A standalone, not yet started server for LedgerService on ``listen`` (port 0:
-    any free port), behind the bearer-token check, with health (SERVING) and reflection;
+    any free port), behind the bearer-token check ``auth`` (the caller keeps it to reload
+    the token file into it), with health (SERVING) and reflection;
     ``credentials`` (``clients.tls.server_tls_credentials``): TLS only on that port, as on
     the gateway's; None: plaintext. Returns the server and its port; raises ``ListenError``
     if ``listen`` cannot be bound."""
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(tokens, LEDGER_METHOD_ROLES)], options=(("grpc.so_reuseport", 0),)
+        interceptors=[auth], options=(("grpc.so_reuseport", 0),)
     )
     add_ledger_service(server, reader)
     health_servicer = health.aio.HealthServicer()

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from clients import make_execution, make_order
-from gateway.auth import TokenStore
+from gateway.auth import AuthInterceptor, TokenStore
 from ledger import merkle
 from ledger.checkpoint import NoteVerifier, verify_checkpoint
 from ledger.cli import EXIT_OK, EXIT_VERIFICATION_FAILED, main
@@ -27,7 +27,7 @@ from ledger.entries import EntryKind, encode_entry, identity_key
 from ledger.explain import explain_order, trace_orders
 from ledger.layout import verifier_key_path, write_key_pair
 from ledger.runtime import LedgerRuntime
-from ledger.service import create_ledger_server
+from ledger.service import LEDGER_METHOD_ROLES, create_ledger_server
 from pretrade.v1 import halts_pb2, halts_pb2_grpc, ledger_pb2, ledger_pb2_grpc, trading_pb2, types_pb2
 from tests.clients.gateway_harness import GATEWAY_ID, running_gateway
 from tests.ledger.ingest_harness import FAST_WORKER, connect
@@ -201,8 +201,8 @@ async def check_ledger(runtime, js, seen, size, verifier, gateway) -> None:
 
 
 async def check_service(runtime, gateway, seen) -> None:
-    tokens = TokenStore.load(gateway.app.config.tokens_path)
-    server, port = await create_ledger_server(runtime.reader, "127.0.0.1:0", tokens)
+    auth = AuthInterceptor(TokenStore.load(gateway.app.config.tokens_path), LEDGER_METHOD_ROLES)
+    server, port = await create_ledger_server(runtime.reader, "127.0.0.1:0", auth)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
