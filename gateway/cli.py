@@ -150,7 +150,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", required=True, help="rules file (TOML)")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC listen address (default: %(default)s)")
     parser.add_argument("--nats-url", help="NATS server URL")
-    parser.add_argument("--tokens", help="token file of [[tokens]] entries (hashes only)")
+    parser.add_argument("--tokens", help="token file of [[tokens]] entries (hashes only); SIGHUP reloads it")
     parser.add_argument(
         "--gateway-id", help="gateway id in decisions and subjects (default: host name, else gw1)"
     )
@@ -405,7 +405,7 @@ def _announce(app, args, demo) -> None:
             print(f"  {hint[0]}")
             print(f"  {hint[1]}")
             print("  (grpcurl's order needs a fresh reference price: run the line above first)")
-    print("Ctrl-C stops (SIGHUP reloads the rules).")
+    print("Ctrl-C stops (SIGHUP reloads the rules and the token file).")
     sys.stdout.flush()
 
 

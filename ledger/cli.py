@@ -123,7 +123,7 @@ def register(subparsers) -> None:
     run = commands.add_parser("run", parents=common, help="ingest decisions and events into the ledger")
     run.add_argument("--nats-url", default=DEFAULT_NATS_URL, help="NATS server URL (default: %(default)s)")
     run.add_argument("--listen", help="also serve LedgerService on this address (host:port)")
-    run.add_argument("--tokens", help="token file for --listen (default: the data dir's demo tokens)")
+    run.add_argument("--tokens", help="token file for --listen (default: the data dir's demo tokens); SIGHUP reloads it")
     add_server_tls_options(run, where=" on --listen")
     run.add_argument("--origin", default=DEFAULT_ORIGIN, help="checkpoint origin line (default: %(default)s)")
     run.add_argument("--signing-key", help="signer key file (default: <data-dir>/ledger-signing.key if present)")
