@@ -440,19 +440,19 @@ def _streams_until_revoked(handler: grpc.RpcMethodHandler, stream: _OpenStream, 
                         try:
                             response = await anext(responses)
                         except StopAsyncIteration:
-                            return
+                            break
                         except asyncio.CancelledError:
                             if stream.ending is None:
                                 raise
                             stream.task.uncancel()
-                            await responses.aclose()
-                            await abort_if_revoked(context)
+                            break
                         finally:
                             stream.in_servicer = False
                         yield response
                 finally:
                     open_streams.discard(stream)
                     await responses.aclose()
+                await abort_if_revoked(context)  # also if the servicer swallowed the cancellation
 
             return revocable_stream
         if not inspect.iscoroutinefunction(behavior):
@@ -462,16 +462,18 @@ def _streams_until_revoked(handler: grpc.RpcMethodHandler, stream: _OpenStream, 
             stream.task = asyncio.current_task()
             open_streams.add(stream)
             stream.in_servicer = True
+            response = None
             try:
-                return await behavior(request, context)
+                response = await behavior(request, context)
             except asyncio.CancelledError:
                 if stream.ending is None:
                     raise
                 stream.task.uncancel()
-                await abort_if_revoked(context)
             finally:
                 stream.in_servicer = False
                 open_streams.discard(stream)
+            await abort_if_revoked(context)  # also if the servicer swallowed the cancellation
+            return response
 
         return revocable
 
