@@ -58,14 +58,14 @@ from clients import AsyncGatewayClient, GatewayClient, make_reference_price
 from fastpath.engine import Engine
 from fastpath.rules import load_rules
 from gateway.app import GatewayApp
-from gateway.auth import TokenStore, ensure_demo_tokens
+from gateway.auth import AuthInterceptor, TokenStore, ensure_demo_tokens
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import EmbeddedNats
 from gateway.metrics import GatewayMetrics
 from gateway.orders import OrderReader, WireOrder
 from gateway.outbox import DecisionOutbox
 from gateway.publisher import DecisionPublisher
-from gateway.server import create_server
+from gateway.server import create_server, gateway_method_roles
 from gateway.servicer import GatewayServicer, OrderGate
 from gateway.validation import ValidationLimits
 from pretrade.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
@@ -243,7 +243,7 @@ async def _serve_stack(data_dir: str, rules_path: str, nats_url: str) -> None:
             gateway_servicer=NoopGatewayServicer(),
             admin_servicer=gateway_pb2_grpc.AdminServiceServicer(),
             health_servicer=health.aio.HealthServicer(),
-            tokens=TokenStore.load(config.tokens_path),
+            auth=AuthInterceptor(TokenStore.load(config.tokens_path), gateway_method_roles()),
             metrics=GatewayMetrics(),
         )
         await noop_server.start()

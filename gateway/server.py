@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clients.tls import TlsFileError, server_tls_credentials
-from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor, TokenStore
+from gateway.auth import DEFAULT_METHOD_ROLES, AuthInterceptor
 from gateway.config import ConfigError, GatewayConfig
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.servicer import AdminServicer, GatewayServicer
@@ -124,8 +124,7 @@ def create_server(
     gateway_servicer: GatewayServicer,
     admin_servicer: AdminServicer,
     health_servicer: health.aio.HealthServicer,
-    tokens: TokenStore | None = None,
-    auth: AuthInterceptor | None = None,
+    auth: AuthInterceptor,
     metrics: GatewayMetrics | None = None,
     hosted: Sequence[HostedService] = (),
 ) -> tuple[grpc.aio.Server, int]:
@@ -134,16 +133,13 @@ def create_server(
     authentication. Beyond ``config.max_concurrent_rpcs`` calls gRPC answers
     RESOURCE_EXHAUSTED.
 
-    Exactly one of ``tokens`` and ``auth``: ``auth`` is an interceptor the caller built
-    (with :func:`gateway_method_roles`) and keeps, to reload the token file into it later
-    (the gateway app, on SIGHUP); ``tokens`` admits a fixed store for the server's life (a
-    benchmark's server)."""
-    if (tokens is None) == (auth is None):
-        raise TypeError("create_server: give exactly one of tokens and auth")
+    ``auth`` is an interceptor the caller built (``AuthInterceptor(tokens,
+    gateway_method_roles(hosted))``) and keeps, to reload the token file into it later (the
+    gateway app does, on SIGHUP)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
-    interceptors.append(auth if auth is not None else AuthInterceptor(tokens, gateway_method_roles(hosted)))
+    interceptors.append(auth)
     server = grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
