@@ -65,6 +65,7 @@ from nats.aio.client import Client as NatsClient
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
 from fastpath.rules import LimitOverride
+from gateway.aio import wait_until
 from halts.errors import CorruptRecordError, HaltStoreUnavailableError
 from halts.model import (
     control_message,
@@ -324,19 +325,7 @@ class HaltFollower:
         that took longer than ``timeout_s``. A halt manager in the same process waits on it
         after each write, so that its RPC returns once its own gateway enforces the change
         (``HaltManager.wait_applied_locally``)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self._seen_revision < revision:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            moved = self._revision_moved
-            timer = loop.call_later(remaining, moved.set)
-            try:
-                await moved.wait()
-            finally:
-                timer.cancel()
-        return True
+        return await wait_until(lambda: self._seen_revision >= revision, lambda: self._revision_moved, timeout_s)
 
     async def _announce(self) -> None:
         """Tell the halt managers what this gateway enforces (see the module docstring)."""

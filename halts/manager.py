@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from fastpath.codes import Scope, TradingState
 from fastpath.errors import RulesError
 from fastpath.rules import LimitOverride, check_override
-from gateway.aio import cancel_until_done
+from gateway.aio import cancel_until_done, wait_until
 from halts.errors import (
     ConcurrentUpdateError,
     CorruptRecordError,
@@ -206,18 +206,11 @@ class GatewayTracker:
     async def confirm(self, revision: int, timeout_s: float) -> GatewayConfirmations:
         """Wait at most ``timeout_s`` until every live gateway has applied ``revision`` or
         reported that it fails closed; then say where each stands."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while any(r.ready and r.revision < revision for r in self._live().values()):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            reported = self._reported
-            timer = loop.call_later(remaining, reported.set)
-            try:
-                await reported.wait()
-            finally:
-                timer.cancel()
+        await wait_until(
+            lambda: all(not r.ready or r.revision >= revision for r in self._live().values()),
+            lambda: self._reported,
+            timeout_s,
+        )
         return tuple(
             halts_pb2.GatewayConfirmation(
                 gateway_id=gateway_id, status=_confirmation_status(report, revision), applied_revision=report.revision
