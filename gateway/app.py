@@ -17,6 +17,8 @@ reports NOT_SERVING until it has reloaded the state (fail closed).
 Signals: SIGHUP reloads the token file, then recompiles the rules file, each read off the
 event loop thread and swapped in on the loop, each independently (a bad file is logged in
 one ERROR line and what was in force stays; a bad rules file never delays a revocation).
+Both outcomes are counted on /metrics (``pretrade_token_reloads_total``,
+``pretrade_rules_reloads_total``), so a failed reload can be alerted on.
 A token reload ends the open streams of revoked tokens (gateway.auth). SIGINT/SIGTERM shut down gracefully:
 health NOT_SERVING, stop accepting calls, let open calls and streams finish within the
 grace period, flush the outbox to JetStream, stop the embedded nats-server.
@@ -183,7 +185,8 @@ class GatewayApp:
             )
             self.gate.record_rules_loaded(rules, rules_text)
             validator = RequestValidator(config.validation)
-            self.reloader = RulesReloader(self.engine, on_loaded=self.gate.record_rules_loaded)
+            self.reloader = RulesReloader(self.engine, on_loaded=self.gate.record_rules_loaded, metrics=self.metrics)
+            self.metrics.watch_rules(lambda: self.engine.version)
             self.gateway_servicer = GatewayServicer(
                 self.gate, validator, max_open_streams=config.max_open_streams, metrics=self.metrics
             )
@@ -207,6 +210,7 @@ class GatewayApp:
             self.gate.halt_state_available = False  # until the follower has loaded it
             await set_health(self.health, serving=False)
             self.auth = AuthInterceptor(tokens, gateway_method_roles(hosted))
+            self.metrics.watch_auth(self.auth)
             self._server, self.port = create_server(
                 config,
                 gateway_servicer=self.gateway_servicer,

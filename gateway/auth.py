@@ -16,6 +16,10 @@ SIGHUP). A unary call is checked when it starts, so one in flight finishes and t
 checked against the new file. A stream lives for hours, so it is checked again at every
 reload: one whose token left the file ends with UNAUTHENTICATED, one whose principal lost
 the roles of its method with PERMISSION_DENIED.
+
+Each reload's outcome is counted in the interceptor's :class:`TokenReloadStats` (plain
+numbers, so this module needs no metrics library); ``gateway.metrics.TokenReloadCollector``
+exports them, and the tokens and streams in force, when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import inspect
 import logging
 import os
 import secrets
+import time
 import tomllib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -480,6 +486,21 @@ def _streams_until_revoked(handler: grpc.RpcMethodHandler, stream: _OpenStream, 
     return _with_behavior(handler, wrap)
 
 
+@dataclass
+class TokenReloadStats:
+    """What the token reloads of one interceptor did, for the metrics: a failed reload
+    leaves the old tokens in force (a revoked token still works), so it has to be visible to
+    an alert, not only in the log. Written by :func:`reload_token_file` on the event loop,
+    read at scrape time."""
+
+    succeeded: int = 0
+    failed: int = 0
+    #: Unix time of the last reload that took effect, seconds; 0.0 until one has.
+    last_success_unix_s: float = 0.0
+    #: Streams ended by reloads, by status code name (UNAUTHENTICATED, PERMISSION_DENIED).
+    streams_ended: Counter[str] = field(default_factory=Counter)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Admits a call if its bearer token names a principal with a role the method allows.
 
@@ -501,6 +522,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._method_roles = dict(method_roles)
         self._public = public_method_prefixes
         self._open_streams: set[_OpenStream] = set()
+        self.reload_stats = TokenReloadStats()
 
     @property
     def store(self) -> TokenStore:
@@ -519,10 +541,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         needed = " or ".join(sorted(allowed)) if allowed else "a role table entry"
         return f"{principal.name} (roles: {', '.join(sorted(principal.roles))}) may not call {method}: needs {needed}"
 
-    def replace_store(self, store: TokenStore) -> int:
+    def replace_store(self, store: TokenStore) -> Counter[str]:
         """Admit ``store``'s tokens from now on, and end every open stream it no longer
         admits: UNAUTHENTICATED if its token is gone, PERMISSION_DENIED if its principal's
-        roles no longer allow its method. Returns how many streams were ended.
+        roles no longer allow its method. Returns how many streams were ended, by status
+        code name.
 
         The swap is one reference assignment and needs no lock: the interceptor and every
         call it wraps run on the event loop thread, and this runs there too, so no call is
@@ -530,7 +553,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         running is a stream (checked below) or a unary call, which finishes.
         """
         self._store = store
-        ended = 0
+        ended: Counter[str] = Counter()
         for stream in list(self._open_streams):
             if stream.ending is not None:
                 continue
@@ -545,7 +568,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             else:
                 continue
             log.warning("ending a stream at token reload: %s", stream.ending[1])
-            ended += 1
+            ended[stream.ending[0].name] += 1
         return ended
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -578,12 +601,18 @@ async def reload_token_file(interceptor: AuthInterceptor, path: str | os.PathLik
     before anything changes: on any problem the tokens in force stay, one ERROR line names
     the file and the problem (TokenStore.load's message) and the result is False. The file
     is read off the event loop thread (a slow disk must not pause the order path); the swap
-    is on it (:meth:`AuthInterceptor.replace_store`)."""
+    is on it (:meth:`AuthInterceptor.replace_store`). Either outcome, and the streams ended,
+    is counted in ``interceptor.reload_stats``."""
+    stats = interceptor.reload_stats
     try:
         store = await asyncio.to_thread(TokenStore.load, path)
     except TokenFileError as exc:
+        stats.failed += 1
         log.error("token reload failed, keeping the %d tokens in force: %s", len(interceptor.store), exc)
         return False
     ended = interceptor.replace_store(store)
-    log.info("tokens reloaded from %s: %d tokens, %d open streams ended", path, len(store), ended)
+    stats.succeeded += 1
+    stats.last_success_unix_s = time.time()
+    stats.streams_ended.update(ended)
+    log.info("tokens reloaded from %s: %d tokens, %d open streams ended", path, len(store), ended.total())
     return True

@@ -10,6 +10,10 @@ a lock and validate on every call (about 1.2 µs for one decision's metrics, mea
 ``bench/bench_gateway.py``), which is a third of the order path's budget; the counters are
 turned into Prometheus families only when ``/metrics`` is scraped. Everything else
 (per-RPC counts and durations, gauges read at scrape time) uses prometheus-client's types.
+
+Reloads (rules, tokens) are counted by outcome because a failed one changes nothing: the
+gateway goes on trading on the old limits, or admitting a token that was meant to be
+revoked, and only an alert on ``outcome="failed"`` tells an operator who did not read the log.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
 
 from fastpath.codes import Check
-from gateway.auth import wrap_method_handler
+from gateway.auth import AuthInterceptor, wrap_method_handler
 from gateway.config import parse_host_port
 from gateway.orderpath import DecisionCounters
 
@@ -38,6 +42,14 @@ RPC_LATENCY_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-
 
 VERDICT_ACCEPT = "accept"
 VERDICT_REJECT = "reject"
+
+#: The ``outcome`` label values of the reload counters.
+OUTCOME_OK = "ok"
+OUTCOME_FAILED = "failed"
+#: The gateway's metric name prefix (the standalone ledger's is ``pretrade_ledger_``).
+GATEWAY_PREFIX = "pretrade_"
+#: The status codes a token reload ends streams with (``gateway.auth``), always exported.
+STREAM_END_CODES = (grpc.StatusCode.UNAUTHENTICATED.name, grpc.StatusCode.PERMISSION_DENIED.name)
 
 
 class DecisionStats(Collector):
@@ -84,6 +96,72 @@ class DecisionStats(Collector):
         for code, count in counters.failures_by_code.items():
             failures.add_metric([code], count)
         yield failures
+
+
+class TokenReloadCollector(Collector):
+    """The token reloads of one :class:`~gateway.auth.AuthInterceptor` (its
+    ``reload_stats``) and what is in force now, read at scrape time: the gateway exports it
+    with ``pretrade_``, ``pretrade ledger run --listen`` with ``pretrade_ledger_``, so both
+    ports that reload a token file on SIGHUP are watched the same way.
+
+    ``<prefix>token_reloads_total{outcome}``, ``<prefix>token_last_reload_success_timestamp_seconds``
+    (0 until a reload took effect), ``<prefix>tokens_in_force``,
+    ``<prefix>token_reload_ended_streams_total{code}`` and ``<prefix>authenticated_streams``.
+    """
+
+    def __init__(self, interceptor: AuthInterceptor, prefix: str) -> None:
+        self._interceptor = interceptor
+        self._prefix = prefix
+
+    def collect(self):
+        prefix, interceptor = self._prefix, self._interceptor
+        stats = interceptor.reload_stats
+        reloads = CounterMetricFamily(
+            prefix + "token_reloads_total",
+            "Token file reloads (SIGHUP) by outcome; a failed one keeps the tokens in force.",
+            labels=["outcome"],
+        )
+        reloads.add_metric([OUTCOME_OK], stats.succeeded)
+        reloads.add_metric([OUTCOME_FAILED], stats.failed)
+        yield reloads
+        yield GaugeMetricFamily(
+            prefix + "token_last_reload_success_timestamp_seconds",
+            "Unix time of the last token reload that took effect (0: none since start).",
+            value=stats.last_success_unix_s,
+        )
+        yield GaugeMetricFamily(
+            prefix + "tokens_in_force", "Tokens admitted now (entries of the token file in force).",
+            value=len(interceptor.store),
+        )
+        ended = CounterMetricFamily(
+            prefix + "token_reload_ended_streams_total",
+            "Open streams ended by token reloads, by status code (token gone: UNAUTHENTICATED; "
+            "roles lost: PERMISSION_DENIED).",
+            labels=["code"],
+        )
+        for code in STREAM_END_CODES:
+            ended.add_metric([code], stats.streams_ended[code])
+        yield ended
+        yield GaugeMetricFamily(
+            prefix + "authenticated_streams",
+            "Authenticated streaming calls open now: the streams a token reload checks again.",
+            value=interceptor.open_streams,
+        )
+
+
+class RulesVersionCollector(Collector):
+    """``pretrade_rules_info{version}``: the rules version in force, read at scrape time
+    from ``version()`` (so every reload, by SIGHUP, ReloadRules or an override, shows)."""
+
+    def __init__(self, version: Callable[[], str]) -> None:
+        self._version = version
+
+    def collect(self):
+        yield InfoMetricFamily(
+            "pretrade_rules",
+            "The rules version in force (the hash GetStatus and every decision carry).",
+            value={"version": self._version()},
+        )
 
 
 class GatewayMetrics:
@@ -137,6 +215,34 @@ class GatewayMetrics:
             "Failed attempts to publish a batch of decisions.",
             registry=self.registry,
         )
+        self.rules_reloads = Counter(
+            "pretrade_rules_reloads_total",
+            "Rules recompiles (SIGHUP, AdminService.ReloadRules, a limit override) by outcome; "
+            "a failed one keeps the rules in force.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in (OUTCOME_OK, OUTCOME_FAILED):
+            self.rules_reloads.labels(outcome)  # exported as 0 before the first reload
+        self.rules_last_reload_success = Gauge(
+            "pretrade_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last rules reload that took effect (0: none since start).",
+            registry=self.registry,
+        )
+
+    def count_rules_reload(self, succeeded: bool) -> None:
+        """One rules reload (``gateway.servicer.RulesReloader``) and its outcome."""
+        self.rules_reloads.labels(OUTCOME_OK if succeeded else OUTCOME_FAILED).inc()
+        if succeeded:
+            self.rules_last_reload_success.set_to_current_time()
+
+    def watch_rules(self, version: Callable[[], str]) -> None:
+        """Export the rules version in force, read at scrape time."""
+        self.registry.register(RulesVersionCollector(version))
+
+    def watch_auth(self, interceptor: AuthInterceptor) -> None:
+        """Export the token reloads and the tokens and streams in force of the port's interceptor."""
+        self.registry.register(TokenReloadCollector(interceptor, GATEWAY_PREFIX))
 
     def watch_publisher(
         self,

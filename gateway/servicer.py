@@ -514,15 +514,20 @@ class RulesReloader:
     ``OrderGate.record_rules_loaded``) runs on the loop just before the swap; if it raises,
     the old rules stay in force, so no rules are ever used that the ledger was not told
     about.
+
+    Every reload, whoever asked for it, is counted here by outcome in ``metrics``
+    (:meth:`GatewayMetrics.count_rules_reload`): a failed one leaves stale limits in force.
     """
 
     def __init__(
         self,
         engine,
         on_loaded: Callable[[CompiledRules, str, str, Sequence[LimitOverride]], object] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._engine = engine
         self._on_loaded = on_loaded
+        self._metrics = metrics
         self._lock = asyncio.Lock()
         #: Temporary limit overrides in force (set by the halt follower); every reload
         #: compiles them on top of the file, so a SIGHUP never drops an approved override.
@@ -537,16 +542,25 @@ class RulesReloader:
         async with self._lock:
             source = path or self._engine.rules.source
             in_force = self.overrides if overrides is None else tuple(overrides)
-            rules, text = await asyncio.to_thread(
-                load_rules_with_text, source, self._engine.interner, in_force
-            )
-            previous = self._engine.version
-            if self._on_loaded is not None:
-                self._on_loaded(rules, text, previous, in_force)
+            try:
+                rules, text = await asyncio.to_thread(
+                    load_rules_with_text, source, self._engine.interner, in_force
+                )
+                previous = self._engine.version
+                if self._on_loaded is not None:
+                    self._on_loaded(rules, text, previous, in_force)
+            except Exception:
+                self._count(succeeded=False)
+                raise
             self.overrides = in_force
             self._engine.reload(rules)
+            self._count(succeeded=True)
             log.info("rules reloaded from %s: %s -> %s", source, previous[:12], rules.version[:12])
             return previous, rules.version
+
+    def _count(self, succeeded: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.count_rules_reload(succeeded)
 
 
 class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):

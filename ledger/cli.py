@@ -270,7 +270,8 @@ def _cmd_run(args) -> int:
     from prometheus_client import CollectorRegistry
 
     from ledger.layout import load_signer
-    from ledger.metrics import METRICS_OFF, MetricsHttpServer, parse_metrics_listen
+    from gateway.metrics import TokenReloadCollector
+    from ledger.metrics import METRICS_OFF, PREFIX, MetricsHttpServer, parse_metrics_listen
     from ledger.runtime import LedgerRuntime, health_interval
     from gateway.auth import AuthInterceptor, TokenStore, reload_token_file
     from ledger.service import LEDGER_METHOD_ROLES, create_ledger_server
@@ -300,6 +301,9 @@ def _cmd_run(args) -> int:
         health_interval_s=health_interval_s,
         metrics_registry=CollectorRegistry() if metrics_listen is not None else None,
     )
+    if auth is not None and runtime.metrics_registry is not None:
+        # A failed SIGHUP token reload keeps a revoked token working: alertable, as on the gateway.
+        runtime.metrics_registry.register(TokenReloadCollector(auth, PREFIX))
 
     async def serve() -> None:
         server = None

@@ -1,7 +1,8 @@
 """``pretrade ledger run --listen --tokens FILE``: SIGHUP reloads the token file, so a
 revoked token is refused without a restart, and a bad file changes nothing (one ERROR
-line in the log). A real ``ledger run`` process on a real nats-server, called over
-loopback by ``pretrade ledger proof --target``."""
+line in the log, and ``pretrade_ledger_token_reloads_total{outcome="failed"}`` on its
+/metrics). A real ``ledger run`` process on a real nats-server, called over loopback by
+``pretrade ledger proof --target`` and scraped over HTTP."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from gateway.auth import DEMO_PRINCIPALS, ensure_demo_tokens, token_entry_toml
 from ledger.cli import EXIT_ERROR, EXIT_OK
 from tests.ledger.test_cli import data_dir, run  # noqa: F401 - data_dir is a fixture: a signed ledger
-from tests.ledger.test_metrics import LedgerProcess
+from tests.ledger.test_metrics import LedgerProcess, scrape, scrape_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -61,3 +62,33 @@ async def test_sighup_reloads_the_token_file_of_ledger_run_listen(data_dir, nats
     assert "Traceback" not in process.stderr_path.read_text()
     errors = [line for line in process.stderr_path.read_text().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and str(token_file) in errors[0] and "tokens[" in errors[0], errors
+
+
+async def test_ledger_run_listen_exports_its_token_reloads(data_dir, nats_server, tmp_path):  # noqa: F811
+    tokens = ensure_demo_tokens(data_dir).tokens
+    token_file = tmp_path / "tokens.toml"
+    write_tokens(token_file, tokens, without="nobody")
+    process = LedgerProcess(data_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
+                            "--metrics-listen", "127.0.0.1:0", "--tokens", str(token_file))
+    await process.start()
+    ok, failed = 'pretrade_ledger_token_reloads_total{outcome="ok"}', 'pretrade_ledger_token_reloads_total{outcome="failed"}'
+    last_success = "pretrade_ledger_token_last_reload_success_timestamp_seconds"
+    in_force = "pretrade_ledger_tokens_in_force"
+    url = process.info["metrics"]
+    try:
+        before = await scrape(url)
+        assert (before[ok], before[failed], before[last_success]) == (0, 0, 0)
+        assert before[in_force] == len(DEMO_PRINCIPALS)
+        token_file.write_text(token_file.read_text() + '\n[[tokens]]\nname = "x"\nroles = []\nsha256 = ""\n')
+        process.process.send_signal(signal.SIGHUP)  # a bad file: counted, the tokens in force stay
+        after_failure = await scrape_until(url, {failed: 1}, RELOAD_WAIT_S)
+        assert (after_failure[ok], after_failure[failed], after_failure[last_success]) == (0, 1, 0)
+        assert after_failure[in_force] == len(DEMO_PRINCIPALS)
+        write_tokens(token_file, tokens, without="trader")
+        process.process.send_signal(signal.SIGHUP)
+        after_success = await scrape_until(url, {ok: 1}, RELOAD_WAIT_S)
+        assert (after_success[ok], after_success[failed]) == (1, 1)
+        assert after_success[last_success] > 0
+        assert after_success[in_force] == len(DEMO_PRINCIPALS) - 1
+    finally:
+        assert await process.stop() == EXIT_OK

@@ -221,6 +221,7 @@ async def test_ledger_run_serves_what_it_ingested(nats_server, tmp_path):
         bucket_counts = [ledger_only[f'{histogram}_bucket{{le="{bound}"}}'] for bound in COMMIT_DURATION_BUCKETS_S]
         assert bucket_counts == sorted(bucket_counts)
         assert 0 < ledger_only[f"{histogram}_sum"] < 60
+        assert not [name for name in ledger_only if "token" in name]  # no --listen: no token file to reload
     finally:
         code = await ledger.stop()
         await nc.close()
