@@ -11,6 +11,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import grpc
 import pytest
@@ -35,7 +37,9 @@ async def gateway(tmp_path, nats_server):
         yield running
 
 
-def write_token_file(gateway, roles_by_name: dict[str, tuple[str, ...]], extra_tokens: dict[str, str] = {}) -> None:  # noqa: B006
+def write_token_file(
+    gateway, roles_by_name: dict[str, tuple[str, ...]], extra_tokens: Mapping[str, str] = MappingProxyType({})
+) -> None:
     """Rewrite the gateway's token file: the demo principals in ``roles_by_name`` (with
     those roles), plus ``extra_tokens`` (name -> token) as traders."""
     tokens = {**gateway.tokens, **extra_tokens}
