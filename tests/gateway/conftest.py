@@ -5,6 +5,9 @@ free 127.0.0.1 port with its store in the test's tmp_path. Every step has a hard
 (startup 10 s, graceful stop 5 s then SIGKILL) and the server is always stopped at the end
 of the test, whatever the test did to it. Its methods block (about 10-100 ms) and may be
 called from sync or async tests.
+
+``gateway`` is a running gateway (``GatewayApp`` with demo tokens, on loopback) on that
+server, with reference prices set (``tests.clients.gateway_harness.running_gateway``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 from gateway.embedded_nats import EmbeddedNats
 from gateway.outbox import DecisionOutbox
 from pretrade.v1 import types_pb2
+from tests.clients.gateway_harness import running_gateway
 
 NATS_STARTUP_TIMEOUT_S = 10.0
 NATS_STOP_TIMEOUT_S = 5.0
@@ -112,3 +116,10 @@ def decision_payload(sequence: int, gateway_id: str = "gw-test") -> bytes:
         ),
         order_handle=sequence,
     ).SerializeToString()
+
+
+@pytest.fixture
+async def gateway(tmp_path, nats_server):
+    async with running_gateway(tmp_path / "gw", nats_url=nats_server.url) as running:
+        await running.set_reference_prices()
+        yield running

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from clients import PermissionDenied, RulesRejected, Unauthenticated
-from tests.clients.gateway_harness import CHECKS_RULES, running_gateway, write_rules
+from tests.clients.gateway_harness import CHECKS_RULES, write_rules
 from tests.gateway.test_token_reload import OpenStream, demo_roles_without, order, write_token_file
 from tests.ledger.test_metrics import scrape, scrape_until
 
@@ -31,13 +31,6 @@ ENDED_PERMISSION_DENIED = 'pretrade_token_reload_ended_streams_total{code="PERMI
 AUTHENTICATED_STREAMS = "pretrade_authenticated_streams"
 #: How long a test waits for a SIGHUP to show on /metrics, seconds.
 SIGHUP_WAIT_S = 10.0
-
-
-@pytest.fixture
-async def gateway(tmp_path, nats_server):
-    async with running_gateway(tmp_path / "gw", nats_url=nats_server.url) as running:
-        await running.set_reference_prices()
-        yield running
 
 
 def metrics_url(gateway) -> str:

@@ -47,13 +47,6 @@ SET_BY_THE_GATEWAY = {Check.INTERNAL_ERROR, Check.HALT_STATE_UNAVAILABLE}
 
 
 @pytest.fixture
-async def gateway(tmp_path, nats_server):
-    async with running_gateway(tmp_path / "gw", nats_url=nats_server.url) as running:
-        await running.set_reference_prices()
-        yield running
-
-
-@pytest.fixture
 async def trader(gateway):
     async with gateway.client("trader") as client:
         yield client

@@ -30,13 +30,6 @@ ACCEPT = types_pb2.VERDICT_ACCEPT
 WAIT_S = 10.0
 
 
-@pytest.fixture
-async def gateway(tmp_path, nats_server):
-    async with running_gateway(tmp_path / "gw", nats_url=nats_server.url) as running:
-        await running.set_reference_prices()
-        yield running
-
-
 def write_token_file(
     gateway, roles_by_name: dict[str, tuple[str, ...]], extra_tokens: Mapping[str, str] = MappingProxyType({})
 ) -> None:

@@ -27,14 +27,21 @@ def write_tokens(path, tokens: dict[str, str], *, without: str) -> None:
                               for name, roles in DEMO_PRINCIPALS if name != without))
 
 
+async def listening_ledger(ledger_dir, nats_server, token_file, metrics_listen: str):
+    """A started ``ledger run --listen`` whose token file holds every demo principal, and
+    their tokens."""
+    tokens = ensure_demo_tokens(ledger_dir).tokens
+    write_tokens(token_file, tokens, without="nobody")
+    process = LedgerProcess(ledger_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
+                            "--metrics-listen", metrics_listen, "--tokens", str(token_file))
+    await process.start()
+    return process, tokens
+
+
 async def test_sighup_reloads_the_token_file_of_ledger_run_listen(data_dir, nats_server, capsys,  # noqa: F811
                                                                   tmp_path):
-    tokens = ensure_demo_tokens(data_dir).tokens
     token_file = tmp_path / "tokens.toml"
-    write_tokens(token_file, tokens, without="nobody")
-    process = LedgerProcess(data_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
-                            "--metrics-listen", "off", "--tokens", str(token_file))
-    await process.start()
+    process, tokens = await listening_ledger(data_dir, nats_server, token_file, "off")
 
     def proof(name: str) -> tuple[int, str]:
         code, _, err = run(capsys, "proof", "--target", process.info["listen"], "--token", tokens[name], "--seq", "3")
@@ -65,12 +72,8 @@ async def test_sighup_reloads_the_token_file_of_ledger_run_listen(data_dir, nats
 
 
 async def test_ledger_run_listen_exports_its_token_reloads(data_dir, nats_server, tmp_path):  # noqa: F811
-    tokens = ensure_demo_tokens(data_dir).tokens
     token_file = tmp_path / "tokens.toml"
-    write_tokens(token_file, tokens, without="nobody")
-    process = LedgerProcess(data_dir, nats_server.url, "--origin", "cli.test/ledger", "--listen", "127.0.0.1:0",
-                            "--metrics-listen", "127.0.0.1:0", "--tokens", str(token_file))
-    await process.start()
+    process, tokens = await listening_ledger(data_dir, nats_server, token_file, "127.0.0.1:0")
     ok, failed = 'pretrade_ledger_token_reloads_total{outcome="ok"}', 'pretrade_ledger_token_reloads_total{outcome="failed"}'
     last_success = "pretrade_ledger_token_last_reload_success_timestamp_seconds"
     in_force = "pretrade_ledger_tokens_in_force"
